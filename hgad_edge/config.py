@@ -1,0 +1,77 @@
+"""Frozen configuration dataclasses, one per concern. Built only in the CLI layer."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Dict, Tuple
+
+# A feature level: (index into the backbone's feature stages, input scale relative to S).
+Level = Tuple[int, float]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of one HGAD model.
+
+    Attributes:
+        class_names: the product classes the unified model covers (order = class index).
+        backbone: timm model name (efficientnet_lite0/1/2 load real ImageNet weights offline).
+        image_size: S, the square input side in pixels.
+        levels: (stage index, input scale) per feature level. The official HGAD uses the same
+            stride-16 stage at S, S/2 and S/4.
+        coupling_blocks: FrEIA AllInOneBlocks per flow.
+        clamp: affine clamping of the coupling blocks.
+        pos_dim: channels of the 2-D sin/cos positional condition.
+        hidden_ratio: width of the coupling subnet relative to its input.
+        n_intra: K, intra-class mixed centers per class.
+        center_scale: value written into each class's identity block of the initial centers.
+    """
+
+    class_names: Tuple[str, ...]
+    backbone: str = "efficientnet_lite0"
+    image_size: int = 256
+    levels: Tuple[Level, ...] = ((3, 1.0), (3, 0.5), (3, 0.25))
+    coupling_blocks: int = 8
+    clamp: float = 1.9
+    pos_dim: int = 128
+    hidden_ratio: float = 2.0
+    n_intra: int = 10
+    center_scale: float = 1.0
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["class_names"] = list(self.class_names)
+        d["levels"] = [list(lv) for lv in self.levels]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown ModelConfig fields {sorted(unknown)}; known: {sorted(known)}")
+        d = dict(d)
+        d["class_names"] = tuple(d["class_names"])
+        d["levels"] = tuple((int(a), float(b)) for a, b in d.get("levels", cls.levels))
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings (official HGAD defaults where they exist)."""
+
+    epochs: int = 20
+    batch_size: int = 16
+    lr: float = 2e-4
+    betas: Tuple[float, float] = (0.95, 0.99)
+    center_lr_mult: float = 3.0
+    lambda1: float = 1.0
+    lambda2: float = 100.0
+    label_smoothing: float = 0.02
+    stage1_epochs: int = 2
+    warmup_epochs: int = 1
+    calib_fraction: float = 0.2
+    target_fpr: float = 0.01
+    seed: int = 0
+    num_workers: int = 0
+    augment: bool = False
