@@ -1,0 +1,50 @@
+"""Calibration on held-out normal images: per-class normalizers, score distributions, thresholds.
+
+No anomalous sample is needed: the threshold is the (1 − target FPR) quantile of the image
+scores of held-out normal images of that class, and can be moved at load time.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Sequence, Tuple
+
+import numpy as np
+
+from .postprocess import COMBINE_MODES, Normalizer, anomaly_map, normality_sums
+from .scorer import FrameRaw
+
+
+def fit_normalizer(raws: Sequence[FrameRaw], image_size: int) -> Normalizer:
+    """Per-level maxima/minima over normal frames, then the maxima of the summed maps."""
+    if not raws:
+        raise ValueError("calibration needs at least one normal image per class")
+    n_levels = len(raws[0].logp)
+    ll_max = [max(float(r.logp[l].max()) for r in raws) for l in range(n_levels)]
+    ent_min = [min(float(r.entropy[l].min()) for r in raws) for l in range(n_levels)]
+    provisional = Normalizer(ll_max, ent_min, 0.0, 0.0)
+    sums = [normality_sums(r.logp, r.entropy, provisional, image_size) for r in raws]
+    return Normalizer(ll_max, ent_min, max(float(s[0].max()) for s in sums), max(float(s[1].max()) for s in sums))
+
+
+def image_scores(raws: Sequence[FrameRaw], norm: Normalizer, image_size: int, combine: str) -> List[float]:
+    return [float(anomaly_map(r.logp, r.entropy, norm, image_size, combine).max()) for r in raws]
+
+
+def threshold(scores: Sequence[float], target_fpr: float) -> Tuple[float, float]:
+    """(threshold, spread): the (1 − FPR) quantile of normal scores and a scale for the logistic."""
+    if not 0.0 < target_fpr < 1.0:
+        raise ValueError(f"target_fpr must be in (0, 1), got {target_fpr}")
+    s = np.sort(np.asarray(scores, dtype=np.float64))
+    if s.size == 0:
+        raise ValueError("no calibration scores stored for this class")
+    thr = float(np.quantile(s, 1.0 - target_fpr, method="higher"))
+    spread = thr - float(np.median(s))
+    if spread <= 0:
+        spread = float(s.std()) or max(abs(thr) * 1e-3, 1e-12)
+    return thr, spread
+
+
+def calibrate_class(raws: Sequence[FrameRaw], image_size: int) -> Dict[str, object]:
+    """Normalizer and, per combine mode, the sorted image scores of one class's normal frames."""
+    norm = fit_normalizer(raws, image_size)
+    scores = {mode: sorted(image_scores(raws, norm, image_size, mode)) for mode in COMBINE_MODES}
+    return {"normalizer": norm.to_dict(), "scores": scores}

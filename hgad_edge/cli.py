@@ -1,0 +1,189 @@
+"""``hgad-edge`` command line: make-demo-data, train, eval, predict (export and bench join later).
+
+Thin shells over library functions; configuration dataclasses are built here only.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import List, Optional, Sequence
+
+from .config import ModelConfig, TrainConfig
+
+log = logging.getLogger("hgad_edge")
+
+
+def _parse_levels(text: str):
+    """'3@1,3@0.5,3@0.25' → ((3, 1.0), (3, 0.5), (3, 0.25))."""
+    try:
+        out = tuple((int(s), float(r)) for s, r in (item.split("@") for item in text.split(",")))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"levels must look like '3@1,3@0.5' (stage@scale), got {text!r}") from e
+    if not out:
+        raise argparse.ArgumentTypeError("at least one level is needed")
+    return out
+
+
+def _cmd_make_demo_data(a: argparse.Namespace) -> int:
+    from .demo_data import make_demo_data
+
+    classes = a.classes.split(",") if a.classes else None
+    make_demo_data(a.out, classes=classes, n_train=a.n_train, image_size=a.image_size, seed=a.seed,
+                   overwrite=a.overwrite)
+    print(f"demo dataset written to {a.out}")
+    return 0
+
+
+def _cmd_train(a: argparse.Namespace) -> int:
+    from . import data
+    from .trainer import train
+
+    classes = data.resolve_classes(a.data, a.classes)
+    defaults = ModelConfig(class_names=classes)
+    mcfg = ModelConfig(class_names=classes, backbone=a.backbone, image_size=a.image_size,
+                       levels=a.levels or defaults.levels, coupling_blocks=a.coupling_blocks, n_intra=a.n_intra)
+    tcfg = TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, seed=a.seed, augment=a.augment,
+                       target_fpr=a.target_fpr, calib_fraction=a.calib_fraction)
+    meta = train(a.data, a.out, mcfg, tcfg, resume=a.resume, backbone_weights=a.weights, progress=not a.quiet)
+    last = meta["history"][-1] if meta["history"] else {}
+    print(f"trained {len(classes)} classes ({', '.join(classes)}) → {a.out}; final epoch losses: "
+          + ", ".join(f"{k}={v:.4f}" for k, v in last.items() if k != "epoch"))
+    return 0
+
+
+def _cmd_eval(a: argparse.Namespace) -> int:
+    from . import _io
+    from .evaluate import evaluate, format_table
+
+    classes = a.classes.split(",") if a.classes else None
+    report = evaluate(a.run_dir, a.data, classes=classes, backend=a.backend, full=a.full, progress=not a.quiet)
+    print(format_table(report))
+    if a.json:
+        _io.write_json(a.json, report)
+        print(f"metrics written to {a.json}")
+    return 0
+
+
+def _cmd_predict(a: argparse.Namespace) -> int:
+    import cv2
+
+    from . import _io, data
+    from .detector import Detector
+    from .overlay import draw_overlay
+
+    det = Detector(a.run_dir, backend=a.backend, target_fpr=a.target_fpr)
+    os.makedirs(a.out, exist_ok=True)
+    rows = []
+    for path in a.images:
+        frame = data.read_image(path)
+        r = det(frame, class_name=a.class_name)
+        name = os.path.splitext(os.path.basename(path))[0]
+        parent = os.path.basename(os.path.dirname(path))
+        out_path = os.path.join(a.out, f"{parent}_{name}_overlay.png")
+        ok, buf = cv2.imencode(".png", draw_overlay(frame, r))
+        if not ok:
+            raise RuntimeError(f"could not encode overlay for {path}")
+        _io.write_bytes(out_path, buf.tobytes())
+        rows.append({"image": path, "overlay": out_path, **r.summary()})
+        print(f"{'ANOMALY' if r.is_anomaly else 'ok     '} score={r.score:.3f} class={r.class_name:<12} "
+              f"{r.timings_ms['total']:.1f} ms  {path}")
+    _io.write_json(os.path.join(a.out, "predictions.json"), rows)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="hgad-edge",
+        description="Unified visual anomaly detection (HGAD) for the edge: one model, many product classes.",
+        epilog="Quick start: hgad-edge make-demo-data demo_data && hgad-edge train --data demo_data --out runs/demo "
+               "&& hgad-edge eval runs/demo --data demo_data",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+
+    s = sub.add_parser("make-demo-data", formatter_class=fmt,
+                       help="write a small multi-class MVTec-layout dataset from scikit-image photographs")
+    s.add_argument("out", help="output folder (must not exist or be empty)")
+    s.add_argument("--classes", help="comma-separated subset of the demo classes")
+    s.add_argument("--n-train", type=int, default=60, help="normal training images per class")
+    s.add_argument("--image-size", type=int, default=256, help="side of the written images")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--overwrite", action="store_true", help="replace an existing folder")
+    s.set_defaults(func=_cmd_make_demo_data)
+
+    d = ModelConfig(class_names=("x",))
+    t = TrainConfig()
+    s = sub.add_parser("train", formatter_class=fmt, help="train one unified model on normal images of every class")
+    s.add_argument("--data", required=True, help="dataset root in MVTec AD layout (<class>/train/good/...)")
+    s.add_argument("--out", required=True, help="RUN_DIR to write the model artifact into")
+    s.add_argument("--classes", help="comma-separated classes (default: every class folder)")
+    s.add_argument("--image-size", type=int, default=d.image_size, help="square input side S")
+    s.add_argument("--backbone", default=d.backbone, help="timm backbone (efficientnet_lite0/1/2 have offline weights)")
+    s.add_argument("--weights", help="backbone weights file (safetensors or state dict) for other backbones")
+    s.add_argument("--levels", type=_parse_levels, default=None,
+                   help="feature levels as stage@scale, default " + ",".join(f"{a}@{b:g}" for a, b in d.levels))
+    s.add_argument("--coupling-blocks", type=int, default=d.coupling_blocks)
+    s.add_argument("--n-intra", type=int, default=d.n_intra, help="intra-class centers K per class")
+    s.add_argument("--epochs", type=int, default=t.epochs)
+    s.add_argument("--batch-size", type=int, default=t.batch_size)
+    s.add_argument("--lr", type=float, default=t.lr, help="flow learning rate (centers get 3×)")
+    s.add_argument("--seed", type=int, default=t.seed)
+    s.add_argument("--target-fpr", type=float, default=t.target_fpr, help="default false-positive rate of thresholds")
+    s.add_argument("--calib-fraction", type=float, default=t.calib_fraction,
+                   help="share of each class's normal images held out for calibration")
+    s.add_argument("--augment", action="store_true", help="random flips/brightness (recomputes features per epoch)")
+    s.add_argument("--resume", action="store_true", help="continue from RUN_DIR's last complete epoch")
+    s.add_argument("--quiet", action="store_true", help="no progress bars")
+    s.set_defaults(func=_cmd_train)
+
+    s = sub.add_parser("eval", formatter_class=fmt, help="image/pixel AUROC, AUPRO and routing accuracy on the test split")
+    s.add_argument("run_dir")
+    s.add_argument("--data", required=True, help="dataset root in MVTec AD layout")
+    s.add_argument("--classes", help="comma-separated subset")
+    s.add_argument("--backend", default="torch", help="auto, torch, onnxruntime or tensorrt")
+    s.add_argument("--full", action="store_true", help="also transductive scoring and every map combination")
+    s.add_argument("--json", help="write the metrics as JSON here")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=_cmd_eval)
+
+    s = sub.add_parser("predict", formatter_class=fmt, help="score images and write heatmap overlays")
+    s.add_argument("run_dir")
+    s.add_argument("images", nargs="+", help="image files")
+    s.add_argument("--out", required=True, help="folder for overlays and predictions.json")
+    s.add_argument("--class", dest="class_name", help="the product class (default: routed per image)")
+    s.add_argument("--backend", default="auto")
+    s.add_argument("--target-fpr", type=float, default=None, help="override the stored false-positive rate")
+    s.set_defaults(func=_cmd_predict)
+    for register in _extra_commands():
+        register(sub)
+    return p
+
+
+def _extra_commands():
+    """Verbs contributed by optional subpackages (export, bench) when present."""
+    out = []
+    try:
+        from .export import cli as export_cli
+    except ImportError:
+        return out
+    out.append(export_cli.register)
+    return out
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError, ImportError) as e:
+        print(f"hgad-edge {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

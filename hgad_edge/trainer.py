@@ -1,0 +1,237 @@
+"""Training: cached frozen-backbone features → HGAD flows + priors → calibration → artifact.
+
+One atomic checkpoint per epoch (``checkpoint.safetensors``: weights, optimizer state and
+progress in its metadata); ``resume=True`` continues after the last complete epoch and, since
+every epoch's shuffle is seeded by (seed, epoch), ends exactly where an uninterrupted run ends.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from . import _io, artifact, data
+from ._backends import TorchBackend
+from .calibrate import calibrate_class
+from .config import ModelConfig, TrainConfig
+from .gmm import GaussianMixture
+from .loss import hgad_losses, total_loss
+from .model import HGAD
+from .preprocess import preprocess
+from .scorer import Scorer
+
+log = logging.getLogger(__name__)
+CHECKPOINT = "checkpoint.safetensors"
+LOSS_NAMES = ("g", "mi", "e", "g_intra", "z")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)  # FrEIA draws its soft permutations from numpy's global RNG
+    torch.manual_seed(seed)
+
+
+def load_images(samples: Sequence[data.Sample], progress: bool, desc: str) -> List[np.ndarray]:
+    return [data.read_image(s.path) for s in tqdm(samples, desc=desc, disable=not progress, leave=False)]
+
+
+@torch.no_grad()
+def cache_features(model: HGAD, images: Sequence[np.ndarray], batch_size: int, progress: bool,
+                   augment: Optional[torch.Generator] = None) -> List[torch.Tensor]:
+    """Backbone features of every image, per level (n, D, h, w); computed once, reused every epoch."""
+    chunks: List[List[torch.Tensor]] = [[] for _ in range(model.n_levels)]
+    steps = range(0, len(images), batch_size)
+    for i in tqdm(steps, desc="features", disable=not progress, leave=False):
+        x = torch.from_numpy(preprocess(images[i:i + batch_size], model.cfg.image_size))
+        if augment is not None:
+            flip = torch.rand(x.shape[0], generator=augment) < 0.5
+            x[flip] = x[flip].flip(-1)
+            x = x * (1.0 + 0.1 * (torch.rand(x.shape[0], 1, 1, 1, generator=augment) - 0.5))
+        for l, f in enumerate(model.extract_features(x)):
+            chunks[l].append(f)
+    return [torch.cat(c) for c in chunks]
+
+
+def make_optimizer(model: HGAD, cfg: TrainConfig) -> torch.optim.Adam:
+    """Adam; the mixture centers/weights get ``center_lr_mult`` × the flows' learning rate."""
+    flow_params = [p for p in model.flows.parameters() if p.requires_grad]
+    return torch.optim.Adam([
+        {"params": flow_params, "lr": cfg.lr, "name": "flows"},
+        {"params": list(model.priors.parameters()), "lr": cfg.lr * cfg.center_lr_mult, "name": "centers"},
+    ], betas=cfg.betas)
+
+
+def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
+    """Linear warm-up then cosine decay to 10 %. LambdaLR multiplies each group's *own* base rate,
+    so the centers keep their 3× (the official code overwrote every group with one rate)."""
+    warm = max(1, cfg.warmup_epochs * steps_per_epoch)
+    total = max(warm + 1, cfg.epochs * steps_per_epoch)
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        t = (step - warm) / (total - warm)
+        return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(t, 1.0)))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def _save_checkpoint(path: str, model: HGAD, opt: torch.optim.Optimizer, epoch: int, history: list,
+                     model_cfg: ModelConfig, train_cfg: TrainConfig) -> None:
+    tensors = {f"model.{k}": v for k, v in model.trainable_state().items()}
+    osd = opt.state_dict()
+    for idx, st in osd["state"].items():
+        for k, v in st.items():
+            tensors[f"opt.{idx}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
+    meta = {"epoch": str(epoch), "history": json.dumps(history), "model_config": json.dumps(model_cfg.to_dict()),
+            "train_config": json.dumps(_train_dict(train_cfg))}
+    _io.save_tensors(path, tensors, metadata=meta)
+
+
+def _load_checkpoint(path: str, model: HGAD, opt: torch.optim.Optimizer, model_cfg: ModelConfig):
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    if json.loads(meta["model_config"]) != model_cfg.to_dict():
+        raise ValueError(f"{path} was written for another model config; train into a new --out or drop --resume")
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=False)
+    osd = opt.state_dict()
+    state: Dict[int, Dict[str, torch.Tensor]] = {}
+    for k, v in tensors.items():
+        if k.startswith("opt."):
+            _, idx, name = k.split(".", 2)
+            state.setdefault(int(idx), {})[name] = v
+    osd["state"] = state
+    opt.load_state_dict(osd)
+    return int(meta["epoch"]), json.loads(meta["history"])
+
+
+def _train_dict(cfg: TrainConfig) -> dict:
+    import dataclasses
+
+    d = dataclasses.asdict(cfg)
+    d["betas"] = list(d["betas"])
+    return d
+
+
+def train_epoch(model: HGAD, feats: List[torch.Tensor], labels: torch.Tensor, opt, sched, cfg: TrainConfig,
+                epoch: int, progress: bool) -> Dict[str, float]:
+    """One pass over the cached features in a (seed, epoch)-determined order."""
+    model.flows.train()
+    g = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
+    order = torch.randperm(labels.shape[0], generator=g)
+    stage2 = epoch >= cfg.stage1_epochs
+    sums = dict.fromkeys(("loss",) + LOSS_NAMES, 0.0)
+    batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+    bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
+    for idx in bar:
+        loss = 0.0
+        parts = dict.fromkeys(LOSS_NAMES, 0.0)
+        for l, f in enumerate(feats):
+            out = model.flow_level(l, f[idx])
+            n = out.z.shape[1]
+            y = labels[idx].repeat_interleave(n)  # (B·N,)
+            terms = hgad_losses(out.z.reshape(-1, out.z.shape[-1]), out.logdet.reshape(-1), y, model.priors[l],
+                                cfg.label_smoothing)
+            loss = loss + total_loss(terms, stage2, cfg.lambda1, cfg.lambda2)
+            for name, v in zip(LOSS_NAMES, terms):
+                parts[name] += float(v) / len(feats)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.flows.parameters(), 10.0)
+        opt.step()
+        sched.step()
+        sums["loss"] += float(loss)
+        for k, v in parts.items():
+            sums[k] += v
+        bar.set_postfix(loss=f"{float(loss):.3f}", g=f"{parts['g']:.3f}", mi=f"{parts['mi']:.3f}",
+                        e=f"{parts['e']:.3f}", gi=f"{parts['g_intra']:.3f}", z=f"{parts['z']:.3f}")
+    return {k: v / len(batches) for k, v in sums.items()}
+
+
+def calibrate_model(model: HGAD, images: Sequence[np.ndarray], labels: Sequence[int], class_names: Sequence[str],
+                    batch_size: int, progress: bool) -> dict:
+    """Score held-out normal images with their known class and fit every class's constants."""
+    model.eval()
+    gmms = [GaussianMixture(**model.gmm_arrays(l)) for l in range(model.n_levels)]
+    scorer = Scorer(TorchBackend(model), gmms, model.feature_shapes, model.cfg.image_size)
+    raws = []
+    for i in tqdm(range(0, len(images), batch_size), desc="calibrate", disable=not progress, leave=False):
+        raws += scorer.raw(images[i:i + batch_size], labels[i:i + batch_size])[0]
+    out = {}
+    for c, name in enumerate(class_names):
+        mine = [r for r, y in zip(raws, labels) if y == c]
+        if not mine:
+            raise ValueError(f"class {name!r} has no held-out calibration image; add more train/good images")
+        out[name] = calibrate_class(mine, model.cfg.image_size)
+    return out
+
+
+def write_artifact(out_dir: str, model: HGAD, model_cfg: ModelConfig, train_cfg: TrainConfig, calibration: dict,
+                   history: list, extra: Optional[dict] = None) -> dict:
+    """Backbone, weights (+ GMM arrays) as safetensors and model.json with checksums."""
+    _io.save_tensors(os.path.join(out_dir, artifact.BACKBONE), model.backbone.body.state_dict())
+    weights = dict(model.trainable_state())
+    for l in range(model.n_levels):
+        for k, v in model.gmm_arrays(l).items():
+            weights[f"gmm.{l}.{k}"] = torch.from_numpy(v)
+    _io.save_tensors(os.path.join(out_dir, artifact.WEIGHTS), weights)
+    meta = {"model_config": model_cfg.to_dict(), "train_config": _train_dict(train_cfg),
+            "feature_shapes": [list(s) for s in model.feature_shapes], "dims": model.dims,
+            "calibration": calibration, "target_fpr": train_cfg.target_fpr, "combine": "product",
+            "history": history, "versions": artifact.library_versions(),
+            "files": {artifact.BACKBONE: "", artifact.WEIGHTS: ""}, **(extra or {})}
+    artifact.write_metadata(out_dir, meta)
+    return meta
+
+
+def train(data_root: str, out_dir: str, model_cfg: ModelConfig, train_cfg: TrainConfig, resume: bool = False,
+          backbone_weights: Optional[str] = None, progress: bool = True) -> dict:
+    """Train one unified model on every class of ``model_cfg.class_names``; returns the metadata."""
+    samples = data.train_samples(data_root, model_cfg.class_names)
+    fit_s, calib_s = data.split_calibration(samples, train_cfg.calib_fraction, train_cfg.seed)
+    os.makedirs(out_dir, exist_ok=True)
+    ckpt = os.path.join(out_dir, CHECKPOINT)
+    if not resume and os.path.exists(os.path.join(out_dir, artifact.META)):
+        raise ValueError(f"{out_dir} already holds a trained model; choose a new --out or pass --resume")
+    seed_everything(train_cfg.seed)
+    model = HGAD(model_cfg, backbone_weights=backbone_weights)
+    opt = make_optimizer(model, train_cfg)
+    steps = math.ceil(len(fit_s) / train_cfg.batch_size)
+    start, history = 0, []
+    if resume and os.path.exists(ckpt):
+        start, history = _load_checkpoint(ckpt, model, opt, model_cfg)
+        log.info("resuming after epoch %d from %s", start, ckpt)
+    elif resume:
+        log.info("--resume: no checkpoint in %s yet, starting from scratch", out_dir)
+    sched = make_scheduler(opt, train_cfg, steps)
+    for _ in range(start * steps):  # fast-forward the schedule to where it stopped
+        sched.step()
+    labels = torch.tensor([s.class_index for s in fit_s])
+    images = load_images(fit_s, progress, "load train")
+    feats = None if train_cfg.augment else cache_features(model, images, train_cfg.batch_size, progress)
+    bar = tqdm(range(start, train_cfg.epochs), desc="train", disable=not progress, initial=start,
+               total=train_cfg.epochs)
+    for epoch in bar:
+        if train_cfg.augment:
+            g = torch.Generator().manual_seed(train_cfg.seed * 7919 + epoch)
+            feats = cache_features(model, images, train_cfg.batch_size, False, augment=g)
+        stats = train_epoch(model, feats, labels, opt, sched, train_cfg, epoch, progress)
+        history.append({"epoch": epoch + 1, **{k: round(v, 6) for k, v in stats.items()}})
+        bar.set_postfix(loss=f"{stats['loss']:.3f}", mi=f"{stats['mi']:.3f}", gi=f"{stats['g_intra']:.3f}")
+        _save_checkpoint(ckpt, model, opt, epoch + 1, history, model_cfg, train_cfg)
+    calib_images = load_images(calib_s, progress, "load calibration")
+    calibration = calibrate_model(model, calib_images, [s.class_index for s in calib_s], model_cfg.class_names,
+                                  train_cfg.batch_size, progress)
+    extra = {"data": {"root": os.path.abspath(data_root), "n_train": len(fit_s), "n_calibration": len(calib_s),
+                      "calibration_files": [os.path.relpath(s.path, data_root) for s in calib_s]}}
+    return write_artifact(out_dir, model, model_cfg, train_cfg, calibration, history, extra)
