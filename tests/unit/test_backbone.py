@@ -1,0 +1,60 @@
+"""The offline ImageNet weights are real: the classifier recognises real photographs."""
+import numpy as np
+import pytest
+import skimage.data
+import torch
+
+from hgad_edge.backbone import FeatureExtractor, build_classifier, load_state_dict_file, pypi_weights
+from hgad_edge.preprocess import preprocess
+
+
+@pytest.fixture(scope="module")
+def classifier():
+    return build_classifier("efficientnet_lite0")
+
+
+def _top5(model, rgb):
+    x = torch.from_numpy(preprocess([np.ascontiguousarray(rgb[:, :, ::-1])], 224))
+    with torch.no_grad():
+        return model(x).softmax(-1)[0].topk(5).indices.tolist()
+
+
+def test_chelsea_is_a_cat(classifier):
+    top = _top5(classifier, skimage.data.chelsea())
+    assert 281 <= top[0] <= 285, top
+
+
+def test_coffee_is_espresso(classifier):
+    assert _top5(classifier, skimage.data.coffee())[0] == 967
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite1", "efficientnet_lite2"])
+def test_other_lite_weights_map_shape_by_shape(name):
+    sd = pypi_weights(name)
+    assert len(sd) > 200 and all(torch.is_tensor(v) for v in sd.values())
+
+
+def test_feature_levels_shapes():
+    fx = FeatureExtractor("efficientnet_lite0", [(3, 1.0), (3, 0.5), (2, 1.0)], weights="none")
+    out = fx(torch.zeros(1, 3, 256, 256))
+    assert [tuple(o.shape[1:]) for o in out] == [(112, 16, 16), (112, 8, 8), (40, 32, 32)]
+    assert not any(p.requires_grad for p in fx.parameters())
+
+
+def test_unknown_backbone_and_weights_errors(tmp_path):
+    with pytest.raises(ValueError, match="no offline weights"):
+        pypi_weights("resnet18")
+    with pytest.raises(FileNotFoundError):
+        load_state_dict_file(str(tmp_path / "nope.pth"))
+
+
+def test_user_weights_file_safetensors(tmp_path):
+    from safetensors.torch import save_file
+
+    fx = FeatureExtractor("efficientnet_lite0", [(2, 1.0)], weights="none")
+    sd = {k: torch.randn_like(v.float()).to(v.dtype) if v.is_floating_point() else v
+          for k, v in fx.body.state_dict().items()}
+    save_file(sd, str(tmp_path / "w.safetensors"))
+    fx2 = FeatureExtractor("efficientnet_lite0", [(2, 1.0)], weights=str(tmp_path / "w.safetensors"))
+    k = next(iter(sd))
+    assert torch.equal(fx2.body.state_dict()[k], sd[k])
