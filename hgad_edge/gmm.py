@@ -1,0 +1,244 @@
+"""Inference-time hierarchical Gaussian mixture of one feature level (DESIGN.md §1 ``gmm``).
+
+Per level: ``N`` positions, ``D`` dims, ``C`` classes, ``K`` intra-class centers per class.
+
+* inter: ``d_c = ||z - mu_c||²``, ``logits = -½ d + log_pi_inter``, posterior = softmax over
+  ``c`` (N, C), its entropy (N) and its image mean (C).
+* intra (class ``c``): ``logp = [-½ log(2π)·D + logsumexp_k(-½ ||z - mu_intra[c,k]||² +
+  log_pi_intra[c,k]) + logdet] / D`` (N).
+* routing: the class is given (``c >= 0``) or auto (``c = -1``: argmax of this call's
+  posterior image mean; the first maximum wins, a NaN counts as the maximum like ``np.argmax``).
+
+Backends: the fused native kernel ``hgad_edge._C`` (C++/OpenMP on CPU, CUDA on GPU; see
+docs/kernel.md) and a numpy fallback (BLAS expansion). ``reference_inter`` /
+``reference_intra`` are the float64 oracle used by the tests.
+
+NaN policy: NaN propagates. A NaN in row ``i`` of ``z`` (or in ``logdet[i]``) makes
+``logp[i]`` (and, for ``z``, ``entropy[i]`` and the whole ``posterior_mean``) NaN; other rows
+are unaffected. Nothing raises on NaN. ``N = 0`` gives empty ``logp``/``entropy`` and a
+posterior mean of zeros (no position, no mass); auto-routing then picks class 0.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import NamedTuple, Optional, Tuple
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+try:  # the compiled extension is optional: numpy is the fallback
+    from . import _C  # type: ignore[attr-defined]
+except ImportError as exc:  # pragma: no cover - depends on the build
+    _C = None
+    _IMPORT_ERROR: Optional[str] = str(exc)
+else:
+    _IMPORT_ERROR = None
+
+BACKENDS = ("auto", "native", "numpy")
+LOG_2PI = math.log(2.0 * math.pi)
+
+__all__ = ["GMMOutput", "GaussianMixture", "reference_posterior", "reference_inter", "reference_intra",
+           "has_native", "has_cuda", "BACKENDS"]
+
+
+class GMMOutput(NamedTuple):
+    """Result of :meth:`GaussianMixture.fused` for one level."""
+
+    logp: np.ndarray  # (N,) intra-class log-likelihood / D of the routed class
+    entropy: np.ndarray  # (N,) entropy of the inter-class posterior
+    posterior_mean: np.ndarray  # (C,) image mean of the inter-class posterior
+    class_index: int  # the class logp was computed for
+
+
+def has_native() -> bool:
+    """True when the compiled ``hgad_edge._C`` extension could be imported."""
+    return _C is not None
+
+
+def has_cuda() -> bool:
+    """True when ``hgad_edge._C`` was compiled with CUDA (says nothing about a GPU being present)."""
+    return _C is not None and bool(_C.has_cuda())
+
+
+# ----------------------------------------------------------------------------- reference
+def _logsumexp(x: np.ndarray, axis: int) -> np.ndarray:
+    """Stable log-sum-exp; an all ``-inf`` slice gives ``-inf``, NaN propagates."""
+    m = np.max(x, axis=axis, keepdims=True)
+    m_safe = np.where(np.isfinite(m), m, 0.0)
+    with np.errstate(divide="ignore"):
+        out = np.log(np.sum(np.exp(x - m_safe), axis=axis, keepdims=True)) + m_safe
+    return np.squeeze(out, axis=axis)
+
+
+def reference_posterior(z, mu, log_pi_inter, dtype=np.float64) -> np.ndarray:
+    """Inter-class posterior (N, C), materialising the differences (the oracle)."""
+    z = np.asarray(z, dtype=dtype)  # (N, D)
+    mu = np.asarray(mu, dtype=dtype)  # (C, D)
+    d = np.sum((z[:, None, :] - mu[None, :, :]) ** 2, axis=-1)  # (N, C)
+    logits = -0.5 * d + np.asarray(log_pi_inter, dtype=dtype)[None, :]  # (N, C)
+    return np.exp(logits - _logsumexp(logits, axis=1)[:, None])  # (N, C)
+
+
+def reference_inter(z, mu, log_pi_inter, dtype=np.float64) -> Tuple[np.ndarray, np.ndarray]:
+    """(entropy (N,), posterior image mean (C,)) of the inter-class posterior, in ``dtype``."""
+    z = np.asarray(z, dtype=dtype)  # (N, D)
+    mu = np.asarray(mu, dtype=dtype)  # (C, D)
+    d = np.sum((z[:, None, :] - mu[None, :, :]) ** 2, axis=-1)  # (N, C)
+    logits = -0.5 * d + np.asarray(log_pi_inter, dtype=dtype)[None, :]  # (N, C)
+    logq = logits - _logsumexp(logits, axis=1)[:, None]  # (N, C) log posterior
+    p = np.exp(logq)  # (N, C)
+    entropy = -np.sum(np.where(p > 0, p * logq, 0.0), axis=1)  # (N,)
+    mean = p.sum(axis=0) / max(z.shape[0], 1)  # (C,)
+    return entropy, mean
+
+
+def reference_intra(z, logdet, mu_intra, log_pi_intra, c: int, dtype=np.float64) -> np.ndarray:
+    """Intra-class log-likelihood / D (N,) of class ``c``, materialising the differences."""
+    z = np.asarray(z, dtype=dtype)  # (N, D)
+    mu_c = np.asarray(mu_intra, dtype=dtype)[c]  # (K, D)
+    d = np.sum((z[:, None, :] - mu_c[None, :, :]) ** 2, axis=-1)  # (N, K)
+    lse = _logsumexp(-0.5 * d + np.asarray(log_pi_intra, dtype=dtype)[c][None, :], axis=1)  # (N,)
+    dim = z.shape[1]
+    return (-0.5 * LOG_2PI * dim + lse + np.asarray(logdet, dtype=dtype)) / dim  # (N,)
+
+
+# ----------------------------------------------------------------------------- wrapper
+def _route(posterior_mean: np.ndarray) -> int:
+    return int(np.argmax(posterior_mean))  # first max; NaN wins (same rule as the kernel)
+
+
+class GaussianMixture:
+    """Inference-time hierarchical GMM of one level; precomputes ||mu||², constants at construction.
+
+    Args:
+        mu: (C, D) main centers.
+        log_pi_inter: (C,) log-softmaxed inter-class weights.
+        mu_intra: (C, K, D) intra-class centers (``mu_intra[c, 0] == mu[c]`` normally).
+        log_pi_intra: (C, K) log-softmaxed intra-class weights.
+        backend: "auto" (native kernel when built, numpy otherwise), "native" or "numpy".
+    """
+
+    def __init__(self, mu, log_pi_inter, mu_intra, log_pi_intra, backend: str = "auto"):
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        self.mu = np.ascontiguousarray(mu, dtype=np.float32)  # (C, D)
+        self.log_pi_inter = np.ascontiguousarray(log_pi_inter, dtype=np.float32).reshape(-1)  # (C,)
+        self.mu_intra = np.ascontiguousarray(mu_intra, dtype=np.float32)  # (C, K, D)
+        self.log_pi_intra = np.ascontiguousarray(log_pi_intra, dtype=np.float32)  # (C, K)
+        if self.mu.ndim != 2:
+            raise ValueError(f"mu must be (C, D), got shape {self.mu.shape}")
+        c, d = self.mu.shape
+        if c < 1 or d < 1:
+            raise ValueError(f"mu must have at least one class and one dim, got shape {self.mu.shape}")
+        if self.mu_intra.ndim != 3 or self.mu_intra.shape[0] != c or self.mu_intra.shape[2] != d \
+                or self.mu_intra.shape[1] < 1:
+            raise ValueError(f"mu_intra must be (C={c}, K>=1, D={d}), got shape {self.mu_intra.shape}")
+        k = self.mu_intra.shape[1]
+        if self.log_pi_inter.shape != (c,):
+            raise ValueError(f"log_pi_inter must be ({c},), got shape {self.log_pi_inter.shape}")
+        if self.log_pi_intra.shape != (c, k):
+            raise ValueError(f"log_pi_intra must be ({c}, {k}), got shape {self.log_pi_intra.shape}")
+        self.n_classes, self.n_intra, self.dim = c, k, d
+        # precomputed once for the BLAS expansion of the numpy path
+        self._mu_sq = np.einsum("cd,cd->c", self.mu, self.mu)  # (C,)
+        self._mu_intra_sq = np.einsum("ckd,ckd->ck", self.mu_intra, self.mu_intra)  # (C, K)
+        self._const = np.float32(-0.5 * LOG_2PI * d)
+
+        if backend == "native" and _C is None:
+            raise ImportError("backend='native' needs the compiled hgad_edge._C extension "
+                              f"(import failed: {_IMPORT_ERROR}); rebuild with `pip install -e .` "
+                              "or use backend='numpy'")
+        self.backend = "native" if (backend == "native" or (backend == "auto" and _C is not None)) else "numpy"
+        self._native = None
+        if self.backend == "native":
+            self._native = _C.GMMParams(self.mu, self.log_pi_inter, self.mu_intra, self.log_pi_intra)
+        logger.debug("GaussianMixture(C=%d, K=%d, D=%d) uses the %s backend", c, k, d, self.backend)
+
+    def __repr__(self) -> str:
+        return (f"GaussianMixture(n_classes={self.n_classes}, n_intra={self.n_intra}, dim={self.dim}, "
+                f"backend={self.backend!r})")
+
+    # ---------------------------------------------------------------- input checks
+    def _z(self, z) -> np.ndarray:
+        z = np.asarray(z)
+        if z.ndim != 2 or z.shape[1] != self.dim:
+            raise ValueError(f"z must be (N, D={self.dim}), got shape {z.shape}")
+        if z.dtype != np.float32 or not z.flags.c_contiguous:
+            z = np.ascontiguousarray(z, dtype=np.float32)  # native path then runs without copies
+        return z
+
+    def _logdet(self, logdet, n: int) -> np.ndarray:
+        logdet = np.ascontiguousarray(logdet, dtype=np.float32).reshape(-1)
+        if logdet.shape[0] != n:
+            raise ValueError(f"logdet must have N={n} elements, got {logdet.shape[0]}")
+        return logdet
+
+    def _class(self, class_index: int, allow_auto: bool) -> int:
+        c = int(class_index)
+        lo = -1 if allow_auto else 0
+        if not lo <= c < self.n_classes:
+            valid = "-1 (auto) or " if allow_auto else ""
+            raise ValueError(f"class_index must be {valid}0..{self.n_classes - 1}, got {class_index}")
+        return c
+
+    # ---------------------------------------------------------------- numpy path
+    def _sqdist(self, z: np.ndarray, mu: np.ndarray, mu_sq: np.ndarray) -> np.ndarray:
+        z_sq = np.einsum("nd,nd->n", z, z)  # (N,)
+        d = z_sq[:, None] - 2.0 * (z @ mu.T) + mu_sq[None, :]  # (N, M)
+        return np.maximum(d, 0.0, out=d)  # rounding can make the expansion slightly negative
+
+    def _np_logits(self, z: np.ndarray) -> np.ndarray:
+        return -0.5 * self._sqdist(z, self.mu, self._mu_sq) + self.log_pi_inter[None, :]  # (N, C)
+
+    def _np_inter(self, z: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        logits = self._np_logits(z)  # (N, C)
+        logq = logits - _logsumexp(logits, axis=1)[:, None]  # (N, C)
+        p = np.exp(logq)  # (N, C)
+        entropy = -np.einsum("nc,nc->n", p, logq)  # (N,)  p underflows to 0 where logq is finite
+        mean = p.sum(axis=0) / max(z.shape[0], 1)  # (C,)
+        return entropy.astype(np.float32), mean.astype(np.float32), p
+
+    def _np_intra(self, z: np.ndarray, logdet: np.ndarray, c: int) -> np.ndarray:
+        d = self._sqdist(z, self.mu_intra[c], self._mu_intra_sq[c])  # (N, K)
+        lse = _logsumexp(-0.5 * d + self.log_pi_intra[c][None, :], axis=1)  # (N,)
+        return ((self._const + lse + logdet) / self.dim).astype(np.float32)  # (N,)
+
+    # ---------------------------------------------------------------- public API
+    def posterior(self, z) -> np.ndarray:
+        """The inter-class posterior (N, C) as float32."""
+        z = self._z(z)
+        if self._native is not None:
+            return self._native.posterior(z)
+        return self._np_inter(z)[2].astype(np.float32)
+
+    def inter(self, z) -> Tuple[np.ndarray, np.ndarray]:
+        """(entropy (N,), posterior_mean (C,)) of the inter-class posterior."""
+        z = self._z(z)
+        if self._native is not None:
+            return self._native.inter(z)
+        entropy, mean, _ = self._np_inter(z)
+        return entropy, mean
+
+    def intra(self, z, logdet, class_index: int) -> np.ndarray:
+        """Intra-class log-likelihood / D (N,) of class ``class_index``."""
+        z = self._z(z)
+        logdet = self._logdet(logdet, z.shape[0])
+        c = self._class(class_index, allow_auto=False)
+        if self._native is not None:
+            return self._native.intra(z, logdet, c)
+        return self._np_intra(z, logdet, c)
+
+    def fused(self, z, logdet, class_index: int = -1) -> GMMOutput:
+        """Entropy, posterior mean and logp of the given (``>= 0``) or routed (``-1``) class in one pass."""
+        z = self._z(z)
+        logdet = self._logdet(logdet, z.shape[0])
+        c = self._class(class_index, allow_auto=True)
+        if self._native is not None:
+            logp, entropy, mean, routed = self._native.fused(z, logdet, c)
+            return GMMOutput(logp, entropy, mean, int(routed))
+        entropy, mean, _ = self._np_inter(z)
+        if c < 0:
+            c = _route(mean)
+        return GMMOutput(self._np_intra(z, logdet, c), entropy, mean, c)
