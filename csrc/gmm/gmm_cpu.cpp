@@ -1,0 +1,192 @@
+// CPU kernel: OpenMP over blocks of positions, SIMD over a chunk of kLanes centers.
+//
+// Distances are computed directly as sum_d (z_d - mu_d)^2 (no ||z||^2 - 2 z.mu + ||mu||^2
+// expansion: that cancels badly when z sits near a center, which is exactly where a trained
+// flow puts normal features). Centers are stored transposed (D, lanes) so one SIMD register
+// holds the same coordinate of kLanes centers; kRows positions share each center load.
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+#include "gmm.h"
+
+namespace hgad {
+namespace gmm {
+namespace {
+
+#if defined(__AVX512F__)
+constexpr int kRows = 8;  // 8 accumulators of 16 floats = 8 zmm registers
+#else
+constexpr int kRows = 4;  // 4 x 16 floats = 8 ymm registers (AVX2) / 16 q registers (NEON)
+#endif
+
+// acc[r][j] = sum_d (z[r][d] - mt[d * ld + j])^2 for kRows positions and kLanes centers.
+inline void dist_chunk(const float* const* zr, const float* mt, int ld, int dim, float* acc /* kRows*ld */,
+                       int col) {
+  float a[kRows][kLanes];
+  for (int r = 0; r < kRows; ++r)
+    for (int j = 0; j < kLanes; ++j) a[r][j] = 0.0f;
+  for (int d = 0; d < dim; ++d) {
+    const float* m = mt + static_cast<int64_t>(d) * ld;
+    for (int r = 0; r < kRows; ++r) {
+      const float zv = zr[r][d];
+#pragma omp simd
+      for (int j = 0; j < kLanes; ++j) a[r][j] = sq_diff_acc(a[r][j], zv, m[j]);
+    }
+  }
+  for (int r = 0; r < kRows; ++r)
+    for (int j = 0; j < kLanes; ++j) acc[r * ld + col + j] = a[r][j];
+}
+
+// Distances of kRows positions to all `ld` (padded) centers of a transposed (D, ld) matrix.
+inline void dist_block(const float* const* zr, const float* mt, int ld, int dim, float* dist) {
+  for (int q = 0; q < ld; q += kLanes) dist_chunk(zr, mt + q, ld, dim, dist, q);
+}
+
+struct Scratch {
+  std::vector<float> dist;  // (kRows, max(Cp, Kp))
+  std::vector<float> ebuf;  // (max(C, K)) exp terms of one row
+  std::vector<double> mean;  // (C) posterior sums of this thread
+};
+
+// Inter part of rows [r0, r0 + nr): entropy, posterior sums, optional full posterior.
+void inter_rows(const CpuParams& p, const float* const* zr, int64_t r0, int nr, Scratch& s, float* entropy,
+                float* posterior) {
+  const int C = p.n_classes;
+  dist_block(zr, p.inter_t, p.c_pad, p.dim, s.dist.data());
+  float* e = s.ebuf.data();
+  for (int r = 0; r < nr; ++r) {
+    const float* dr = s.dist.data() + static_cast<int64_t>(r) * p.c_pad;
+    float m = kNegInf;
+    for (int j = 0; j < C; ++j) m = max_skip_nan(m, logit_from_dist(dr[j], p.log_pi_inter[j]));
+    const float sh = safe_shift(m);
+    float sum_s = 0.0f, sum_u = 0.0f;
+#pragma omp simd reduction(+ : sum_s, sum_u)
+    for (int j = 0; j < C; ++j) {
+      const LseState t = lse_push(lse_zero(), logit_from_dist(dr[j], p.log_pi_inter[j]), sh);
+      e[j] = t.s;
+      sum_s += t.s;
+      sum_u += t.u;
+    }
+    const LseState st{sum_s, sum_u};
+    if (entropy) entropy[r0 + r] = lse_entropy(st);
+    const float inv_s = 1.0f / sum_s;
+    float* post = posterior ? posterior + (r0 + r) * C : nullptr;
+    for (int j = 0; j < C; ++j) {
+      const float pj = e[j] * inv_s;  // == softmax_prob(x_j, sh, inv_s)
+      s.mean[j] += pj;
+      if (post) post[j] = pj;
+    }
+  }
+}
+
+// Intra part of rows [r0, r0 + nr) for class c.
+void intra_rows(const CpuParams& p, const float* const* zr, const float* logdet, int64_t r0, int nr, int c,
+                Scratch& s, float* logp) {
+  const int K = p.n_intra;
+  const float* lw = p.log_pi_intra + static_cast<int64_t>(c) * K;
+  dist_block(zr, p.intra_t + static_cast<int64_t>(c) * p.dim * p.k_pad, p.k_pad, p.dim, s.dist.data());
+  for (int r = 0; r < nr; ++r) {
+    const float* dr = s.dist.data() + static_cast<int64_t>(r) * p.k_pad;
+    float m = kNegInf;
+    for (int j = 0; j < K; ++j) m = max_skip_nan(m, logit_from_dist(dr[j], lw[j]));
+    const float sh = safe_shift(m);
+    float sum_s = 0.0f, sum_u = 0.0f;
+#pragma omp simd reduction(+ : sum_s, sum_u)
+    for (int j = 0; j < K; ++j) {
+      const LseState t = lse_push(lse_zero(), logit_from_dist(dr[j], lw[j]), sh);
+      sum_s += t.s;
+      sum_u += t.u;
+    }
+    logp[r0 + r] = logp_from_lse(lse_value(LseState{sum_s, sum_u}, sh), logdet[r0 + r], p.dim);
+  }
+}
+
+inline void row_pointers(const float* z, int64_t n, int dim, int64_t r0, const float** zr) {
+  for (int r = 0; r < kRows; ++r) {
+    const int64_t row = std::min<int64_t>(r0 + r, n - 1);  // tail rows repeat the last row
+    zr[r] = z + row * dim;
+  }
+}
+
+}  // namespace
+
+int cpu_threads() {
+#if defined(_OPENMP)
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+int fused_cpu(const CpuParams& p, const float* z, const float* logdet, int64_t n, int class_index, float* logp,
+              float* entropy, float* mean, float* posterior) {
+  const int C = p.n_classes;
+  const bool do_inter = entropy || mean || posterior || (logp && class_index < 0);
+  if (n <= 0) {
+    if (mean) std::fill(mean, mean + C, 0.0f);
+    return logp ? std::max(class_index, 0) : class_index;
+  }
+  const int64_t n_blocks = (n + kRows - 1) / kRows;
+  const int n_threads = std::max<int>(1, static_cast<int>(std::min<int64_t>(cpu_threads(), n_blocks)));
+  std::vector<double> sums(static_cast<size_t>(n_threads) * C, 0.0);
+  int routed = class_index;
+
+#pragma omp parallel num_threads(n_threads) if (n_threads > 1)
+  {
+#if defined(_OPENMP)
+    const int tid = omp_get_thread_num();
+#else
+    const int tid = 0;
+#endif
+    Scratch s;
+    s.dist.resize(static_cast<size_t>(kRows) * std::max(p.c_pad, p.k_pad));
+    s.ebuf.resize(std::max(C, p.n_intra));
+    s.mean.assign(C, 0.0);
+    const float* zr[kRows];
+    const bool fuse_one_pass = do_inter && logp && class_index >= 0;
+
+    if (do_inter) {
+#pragma omp for schedule(static)
+      for (int64_t b = 0; b < n_blocks; ++b) {
+        const int64_t r0 = b * kRows;
+        const int nr = static_cast<int>(std::min<int64_t>(kRows, n - r0));
+        row_pointers(z, n, p.dim, r0, zr);
+        inter_rows(p, zr, r0, nr, s, entropy, posterior);
+        if (fuse_one_pass) intra_rows(p, zr, logdet, r0, nr, class_index, s, logp);  // z rows still hot
+      }
+      std::copy(s.mean.begin(), s.mean.end(), sums.begin() + static_cast<int64_t>(tid) * C);
+    }
+#pragma omp barrier
+#pragma omp single
+    {
+      if (do_inter) {
+        std::vector<float> m(C);
+        for (int j = 0; j < C; ++j) {
+          double acc = 0.0;
+          for (int t = 0; t < n_threads; ++t) acc += sums[static_cast<size_t>(t) * C + j];
+          m[j] = static_cast<float>(acc / static_cast<double>(n));
+        }
+        if (mean) std::copy(m.begin(), m.end(), mean);
+        if (class_index < 0 && logp) routed = route_argmax(m.data(), C);
+      }
+    }  // implicit barrier: every thread sees `routed`
+    if (logp && !fuse_one_pass) {
+#pragma omp for schedule(static)
+      for (int64_t b = 0; b < n_blocks; ++b) {
+        const int64_t r0 = b * kRows;
+        const int nr = static_cast<int>(std::min<int64_t>(kRows, n - r0));
+        row_pointers(z, n, p.dim, r0, zr);
+        intra_rows(p, zr, logdet, r0, nr, routed, s, logp);
+      }
+    }
+  }
+  return routed;
+}
+
+}  // namespace gmm
+}  // namespace hgad
