@@ -134,6 +134,17 @@ class GMMParams {
     return logp;
   }
 
+  FloatArray intra_all(const FloatArray& z, const FloatArray& logdet) const {
+    const int64_t n = check_z(z);
+    check_logdet(logdet, n);
+    FloatArray out({static_cast<py::ssize_t>(n), static_cast<py::ssize_t>(C_)});
+    hgad::gmm::CpuParams p{inter_t_.data(), intra_t_.data(), lpi_.data(), lpk_.data(), C_, K_, D_, cp_, kp_};
+    float* o = out.mutable_data();
+    py::gil_scoped_release nogil;
+    hgad::gmm::intra_all_cpu(p, z.data(), logdet.data(), n, o);
+    return out;
+  }
+
   FloatArray posterior(const FloatArray& z) const {
     const int64_t n = check_z(z);
     FloatArray post({static_cast<py::ssize_t>(n), static_cast<py::ssize_t>(C_)});
@@ -194,6 +205,7 @@ PYBIND11_MODULE(_C, m) {
       .def("inter", &GMMParams::inter, py::arg("z"))
       .def("intra", &GMMParams::intra, py::arg("z"), py::arg("logdet"), py::arg("class_index"))
       .def("posterior", &GMMParams::posterior, py::arg("z"))
+      .def("intra_all", &GMMParams::intra_all, py::arg("z"), py::arg("logdet"))
       .def("fused_cuda", &GMMParams::fused_cuda, py::arg("z"), py::arg("z_half"), py::arg("logdet"), py::arg("n"),
            py::arg("class_index"), py::arg("logp"), py::arg("entropy"), py::arg("posterior_mean"),
            py::arg("class_out"), py::arg("stream"));

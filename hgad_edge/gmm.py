@@ -104,6 +104,55 @@ def reference_intra(z, logdet, mu_intra, log_pi_intra, c: int, dtype=np.float64)
     return (-0.5 * LOG_2PI * dim + lse + np.asarray(logdet, dtype=dtype)) / dim  # (N,)
 
 
+# ----------------------------------------------------------------------------- CUDA arrays
+def _cuda_interface(a, name: str, dtypes: dict, shapes: tuple = ()) -> dict:
+    """``__cuda_array_interface__`` of ``a``, checked: dtype in ``dtypes``, C-contiguous, shape."""
+    cai = getattr(a, "__cuda_array_interface__", None)
+    if cai is None:
+        raise TypeError(f"{name} must be a CUDA array with __cuda_array_interface__ (torch, cupy, pycuda), "
+                        f"got {type(a).__name__}")
+    info = dict(cai)
+    typestr = info["typestr"].replace("|", "<").replace("=", "<")
+    if typestr not in dtypes:
+        raise TypeError(f"{name} must have dtype {sorted(dtypes)}, got {info['typestr']}")
+    info["half"] = dtypes[typestr]
+    shape = tuple(info["shape"])
+    if shapes and shape not in shapes:
+        raise ValueError(f"{name} must have shape {shapes[0]}, got {shape}")
+    strides = info.get("strides")
+    if strides is not None:
+        itemsize = int(typestr[2:])
+        expect, acc = [], itemsize
+        for dim in reversed(shape):
+            expect.append(acc)
+            acc *= dim
+        if tuple(strides) != tuple(reversed(expect)) and math.prod(shape) > 1:
+            raise ValueError(f"{name} must be C-contiguous (strides {tuple(strides)})")
+    return info
+
+
+def _stream_handle(stream, z_info: dict) -> int:
+    if stream is None:
+        return int(z_info.get("stream") or 0)
+    if isinstance(stream, int):
+        return stream
+    for attr in ("cuda_stream", "handle", "ptr"):
+        if hasattr(stream, attr):
+            return int(getattr(stream, attr))
+    raise TypeError(f"stream must be an int cudaStream_t or have .cuda_stream/.handle, got {type(stream).__name__}")
+
+
+def _torch_outputs(z, n: int, n_classes: int) -> tuple:
+    try:
+        import torch
+    except ImportError as exc:  # pragma: no cover - torch is a dependency of the package
+        raise ImportError("fused_cuda allocates its outputs with torch: pip install torch, or pass out=") from exc
+    device = z.device if isinstance(z, torch.Tensor) else torch.device("cuda", torch.cuda.current_device())
+    f32 = dict(dtype=torch.float32, device=device)
+    return (torch.empty(n, **f32), torch.empty(n, **f32), torch.empty(n_classes, **f32),
+            torch.empty(1, dtype=torch.int32, device=device))
+
+
 # ----------------------------------------------------------------------------- wrapper
 def _route(posterior_mean: np.ndarray) -> int:
     return int(np.argmax(posterior_mean))  # first max; NaN wins (same rule as the kernel)
@@ -153,7 +202,11 @@ class GaussianMixture:
         self.backend = "native" if (backend == "native" or (backend == "auto" and _C is not None)) else "numpy"
         self._native = None
         if self.backend == "native":
+            logger.debug("hgad_edge._C: CPU kernel with %d OpenMP threads, CUDA compiled: %s",
+                         _C.cpu_threads(), bool(_C.has_cuda()))
             self._native = _C.GMMParams(self.mu, self.log_pi_inter, self.mu_intra, self.log_pi_intra)
+        if backend == "auto" and _C is None:
+            logger.info("hgad_edge._C not built (%s): GaussianMixture uses the numpy fallback", _IMPORT_ERROR)
         logger.debug("GaussianMixture(C=%d, K=%d, D=%d) uses the %s backend", c, k, d, self.backend)
 
     def __repr__(self) -> str:
@@ -229,6 +282,70 @@ class GaussianMixture:
         if self._native is not None:
             return self._native.intra(z, logdet, c)
         return self._np_intra(z, logdet, c)
+
+    def intra_all(self, z, logdet) -> np.ndarray:
+        """Intra-class log-likelihood / D of every class (N, C): the all-classes variant."""
+        z = self._z(z)
+        logdet = self._logdet(logdet, z.shape[0])
+        if self._native is not None:
+            return self._native.intra_all(z, logdet)
+        out = np.empty((z.shape[0], self.n_classes), dtype=np.float32)  # (N, C)
+        for c in range(self.n_classes):
+            out[:, c] = self._np_intra(z, logdet, c)
+        return out
+
+    def fused_into(self, z, logdet, class_index: int, logp: np.ndarray, entropy: np.ndarray,
+                   posterior_mean: np.ndarray) -> int:
+        """:meth:`fused` writing into caller-owned float32 buffers (no allocation); returns the class."""
+        z = self._z(z)
+        logdet = self._logdet(logdet, z.shape[0])
+        c = self._class(class_index, allow_auto=True)
+        if self._native is not None:
+            return int(self._native.fused_into(z, logdet, c, logp, entropy, posterior_mean))
+        out = self.fused(z, logdet, c)
+        logp[...], entropy[...], posterior_mean[...] = out.logp, out.entropy, out.posterior_mean
+        return out.class_index
+
+    def fused_cuda(self, z, logdet, class_index: int = -1, out: Optional[tuple] = None, stream=None) -> GMMOutput:
+        """The fused kernel on the GPU, asynchronous on ``stream``.
+
+        Args:
+            z: (N, D) float32 or float16 CUDA array exposing ``__cuda_array_interface__``
+                (torch, cupy, pycuda GPUArray, numba), C-contiguous.
+            logdet: (N,) float32 CUDA array, same device.
+            class_index: class (``>= 0``) or ``-1`` to route on the device.
+            out: optional CUDA arrays (logp (N,) f32, entropy (N,) f32, posterior_mean (C,) f32,
+                class (1,) int32); allocated with torch on z's device when omitted.
+            stream: a ``cudaStream_t`` as an int, or an object with ``cuda_stream`` / ``handle``
+                (torch, cupy, pycuda streams); default: the stream in z's interface, else the
+                legacy default stream.
+
+        Returns:
+            GMMOutput of the device arrays; ``class_index`` is the (1,) int32 device array, so
+            reading it (``int(...)``) synchronises, nothing else does.
+        """
+        if not has_cuda():
+            raise RuntimeError("hgad_edge._C was built without CUDA (has_cuda() is False); "
+                               "rebuild with FORCE_CUDA=1 pip install -e . on a machine with nvcc")
+        c = self._class(class_index, allow_auto=True)
+        zi = _cuda_interface(z, "z", {"<f4": False, "<f2": True})
+        n, dim = zi["shape"] if len(zi["shape"]) == 2 else (None, None)
+        if dim != self.dim:
+            raise ValueError(f"z must be (N, D={self.dim}), got shape {zi['shape']}")
+        li = _cuda_interface(logdet, "logdet", {"<f4": False})
+        if tuple(li["shape"]) != (n,):
+            raise ValueError(f"logdet must be ({n},), got shape {li['shape']}")
+        if out is None:
+            out = _torch_outputs(z, n, self.n_classes)
+        logp, entropy, mean, cls = out
+        ptrs = [_cuda_interface(a, name, {dt: False}, (shape,))["data"][0] for a, name, dt, shape in (
+            (logp, "logp", "<f4", (n,)), (entropy, "entropy", "<f4", (n,)),
+            (mean, "posterior_mean", "<f4", (self.n_classes,)), (cls, "class", "<i4", (1,)))]
+        if self._native is None or self.backend != "native":
+            raise RuntimeError("fused_cuda needs backend='native' or 'auto' with the extension built")
+        self._native.fused_cuda(zi["data"][0], zi["half"], li["data"][0], int(n), c, *ptrs,
+                                _stream_handle(stream, zi))
+        return GMMOutput(logp, entropy, mean, cls)
 
     def fused(self, z, logdet, class_index: int = -1) -> GMMOutput:
         """Entropy, posterior mean and logp of the given (``>= 0``) or routed (``-1``) class in one pass."""

@@ -158,6 +158,9 @@ struct CpuParams {
 int fused_cpu(const CpuParams& p, const float* z, const float* logdet, int64_t n, int class_index,
               float* logp, float* entropy, float* mean, float* posterior);
 
+// logp of every class (N, C), row-major: the all-classes variant, for comparisons and evaluation.
+void intra_all_cpu(const CpuParams& p, const float* z, const float* logdet, int64_t n, float* logp_all);
+
 // OpenMP threads the CPU kernel uses (1 without OpenMP).
 int cpu_threads();
 

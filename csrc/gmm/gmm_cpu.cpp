@@ -86,7 +86,7 @@ void inter_rows(const CpuParams& p, const float* const* zr, int64_t r0, int nr, 
 
 // Intra part of rows [r0, r0 + nr) for class c.
 void intra_rows(const CpuParams& p, const float* const* zr, const float* logdet, int64_t r0, int nr, int c,
-                Scratch& s, float* logp) {
+                Scratch& s, float* logp, int64_t stride = 1) {
   const int K = p.n_intra;
   const float* lw = p.log_pi_intra + static_cast<int64_t>(c) * K;
   dist_block(zr, p.intra_t + static_cast<int64_t>(c) * p.dim * p.k_pad, p.k_pad, p.dim, s.dist.data());
@@ -102,7 +102,7 @@ void intra_rows(const CpuParams& p, const float* const* zr, const float* logdet,
       sum_s += t.s;
       sum_u += t.u;
     }
-    logp[r0 + r] = logp_from_lse(lse_value(LseState{sum_s, sum_u}, sh), logdet[r0 + r], p.dim);
+    logp[(r0 + r) * stride] = logp_from_lse(lse_value(LseState{sum_s, sum_u}, sh), logdet[r0 + r], p.dim);
   }
 }
 
@@ -186,6 +186,25 @@ int fused_cpu(const CpuParams& p, const float* z, const float* logdet, int64_t n
     }
   }
   return routed;
+}
+
+void intra_all_cpu(const CpuParams& p, const float* z, const float* logdet, int64_t n, float* logp_all) {
+  if (n <= 0) return;
+  const int64_t n_blocks = (n + kRows - 1) / kRows;
+  const int n_threads = std::max<int>(1, static_cast<int>(std::min<int64_t>(cpu_threads(), n_blocks)));
+#pragma omp parallel num_threads(n_threads) if (n_threads > 1)
+  {
+    Scratch s;
+    s.dist.resize(static_cast<size_t>(kRows) * p.k_pad);
+    const float* zr[kRows];
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < n_blocks; ++b) {
+      const int64_t r0 = b * kRows;
+      const int nr = static_cast<int>(std::min<int64_t>(kRows, n - r0));
+      row_pointers(z, n, p.dim, r0, zr);
+      for (int c = 0; c < p.n_classes; ++c) intra_rows(p, zr, logdet, r0, nr, c, s, logp_all + c, p.n_classes);
+    }
+  }
 }
 
 }  // namespace gmm
