@@ -68,6 +68,13 @@ class GMMParams {
       for (int k = 0; k < K_; ++k)
         for (int d = 0; d < D_; ++d)
           intra_t_[(static_cast<size_t>(c) * D_ + d) * kp_ + k] = mu_intra_[(static_cast<size_t>(c) * K_ + k) * D_ + d];
+    const int m_all = C_ + C_ * K_;  // all centers: main, then intra class by class
+    ap_ = pad_lanes(m_all);
+    all_t_.assign(static_cast<size_t>(D_) * ap_, 0.0f);  // (D, Ap)
+    for (int j = 0; j < m_all; ++j) {
+      const float* src = j < C_ ? &mu_[static_cast<size_t>(j) * D_] : &mu_intra_[static_cast<size_t>(j - C_) * D_];
+      for (int d = 0; d < D_; ++d) all_t_[static_cast<size_t>(d) * ap_ + j] = src[d];
+    }
   }
 
   ~GMMParams() {
@@ -87,9 +94,14 @@ class GMMParams {
           float* posterior) const {
     const int64_t n = check_z(z);
     if (c < -1 || c >= C_) throw py::value_error("class_index must be -1 (auto) or 0.." + std::to_string(C_ - 1));
-    hgad::gmm::CpuParams p{inter_t_.data(), intra_t_.data(), lpi_.data(), lpk_.data(), C_, K_, D_, cp_, kp_};
+    const auto p = cpu_params();
     py::gil_scoped_release nogil;
     return hgad::gmm::fused_cpu(p, z.data(), logdet, n, c, logp, entropy, mean, posterior);
+  }
+
+  hgad::gmm::CpuParams cpu_params() const {
+    return hgad::gmm::CpuParams{inter_t_.data(), intra_t_.data(), all_t_.data(), lpi_.data(), lpk_.data(),
+                                C_, K_, D_, cp_, kp_, ap_};
   }
 
   int64_t check_z(const FloatArray& z) const {
@@ -134,15 +146,18 @@ class GMMParams {
     return logp;
   }
 
-  FloatArray intra_all(const FloatArray& z, const FloatArray& logdet) const {
+  // (logp of every class (N, C), entropy (N), posterior mean (C)) in one pass.
+  py::tuple fused_all(const FloatArray& z, const FloatArray& logdet) const {
     const int64_t n = check_z(z);
     check_logdet(logdet, n);
-    FloatArray out({static_cast<py::ssize_t>(n), static_cast<py::ssize_t>(C_)});
-    hgad::gmm::CpuParams p{inter_t_.data(), intra_t_.data(), lpi_.data(), lpk_.data(), C_, K_, D_, cp_, kp_};
-    float* o = out.mutable_data();
-    py::gil_scoped_release nogil;
-    hgad::gmm::intra_all_cpu(p, z.data(), logdet.data(), n, o);
-    return out;
+    FloatArray out({static_cast<py::ssize_t>(n), static_cast<py::ssize_t>(C_)}), entropy(n), mean(C_);
+    const auto p = cpu_params();
+    float *o = out.mutable_data(), *e = entropy.mutable_data(), *m = mean.mutable_data();
+    {
+      py::gil_scoped_release nogil;
+      hgad::gmm::fused_all_cpu(p, z.data(), logdet.data(), n, o, e, m);
+    }
+    return py::make_tuple(out, entropy, mean);
   }
 
   FloatArray posterior(const FloatArray& z) const {
@@ -172,8 +187,8 @@ class GMMParams {
   }
 
  private:
-  int C_ = 0, K_ = 0, D_ = 0, cp_ = 0, kp_ = 0;
-  std::vector<float> mu_, mu_intra_, lpi_, lpk_, inter_t_, intra_t_;
+  int C_ = 0, K_ = 0, D_ = 0, cp_ = 0, kp_ = 0, ap_ = 0;
+  std::vector<float> mu_, mu_intra_, lpi_, lpk_, inter_t_, intra_t_, all_t_;
 #if defined(WITH_CUDA)
   hgad::gmm::DeviceParams dev_;
 #endif
@@ -205,7 +220,7 @@ PYBIND11_MODULE(_C, m) {
       .def("inter", &GMMParams::inter, py::arg("z"))
       .def("intra", &GMMParams::intra, py::arg("z"), py::arg("logdet"), py::arg("class_index"))
       .def("posterior", &GMMParams::posterior, py::arg("z"))
-      .def("intra_all", &GMMParams::intra_all, py::arg("z"), py::arg("logdet"))
+      .def("fused_all", &GMMParams::fused_all, py::arg("z"), py::arg("logdet"))
       .def("fused_cuda", &GMMParams::fused_cuda, py::arg("z"), py::arg("z_half"), py::arg("logdet"), py::arg("n"),
            py::arg("class_index"), py::arg("logp"), py::arg("entropy"), py::arg("posterior_mean"),
            py::arg("class_out"), py::arg("stream"));

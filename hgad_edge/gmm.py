@@ -283,16 +283,24 @@ class GaussianMixture:
             return self._native.intra(z, logdet, c)
         return self._np_intra(z, logdet, c)
 
-    def intra_all(self, z, logdet) -> np.ndarray:
-        """Intra-class log-likelihood / D of every class (N, C): the all-classes variant."""
+    def fused_all(self, z, logdet) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(logp of every class (N, C), entropy (N,), posterior_mean (C,)) in one pass.
+
+        The all-classes variant (C + C·K centers per position): for evaluation over classes and
+        as the apples-to-apples comparison with formulas that score every class."""
         z = self._z(z)
         logdet = self._logdet(logdet, z.shape[0])
         if self._native is not None:
-            return self._native.intra_all(z, logdet)
+            return self._native.fused_all(z, logdet)
+        entropy, mean, _ = self._np_inter(z)
         out = np.empty((z.shape[0], self.n_classes), dtype=np.float32)  # (N, C)
         for c in range(self.n_classes):
             out[:, c] = self._np_intra(z, logdet, c)
-        return out
+        return out, entropy, mean
+
+    def intra_all(self, z, logdet) -> np.ndarray:
+        """Intra-class log-likelihood / D of every class (N, C)."""
+        return self.fused_all(z, logdet)[0]
 
     def fused_into(self, z, logdet, class_index: int, logp: np.ndarray, entropy: np.ndarray,
                    posterior_mean: np.ndarray) -> int:

@@ -141,15 +141,17 @@ HGAD_HD int route_argmax(const float* mean, int n_classes) {
 // Model-side arrays are laid out once by the bindings (see GMMParams in bindings.cpp):
 //   inter_t  (D, Cp)        main centers, transposed, padded to Cp = multiple of kLanes
 //   intra_t  (C, D, Kp)     intra centers per class, transposed, padded to Kp
+//   all_t    (D, Ap)        main then all intra centers, transposed, padded to Ap (all-classes)
 //   log_pi_inter (C), log_pi_intra (C, K)
 constexpr int kLanes = 16;
 
 struct CpuParams {
   const float* inter_t;
   const float* intra_t;
+  const float* all_t;
   const float* log_pi_inter;
   const float* log_pi_intra;
-  int n_classes, n_intra, dim, c_pad, k_pad;
+  int n_classes, n_intra, dim, c_pad, k_pad, a_pad;
 };
 
 // Any of entropy / mean / logp may be null (then not computed). class_index >= 0 given, -1 auto.
@@ -158,8 +160,10 @@ struct CpuParams {
 int fused_cpu(const CpuParams& p, const float* z, const float* logdet, int64_t n, int class_index,
               float* logp, float* entropy, float* mean, float* posterior);
 
-// logp of every class (N, C), row-major: the all-classes variant, for comparisons and evaluation.
-void intra_all_cpu(const CpuParams& p, const float* z, const float* logdet, int64_t n, float* logp_all);
+// The all-classes variant in one pass over the C + C*K centers: logp of every class (N, C),
+// row-major, and (when non-null) entropy (N) and posterior mean (C).
+void fused_all_cpu(const CpuParams& p, const float* z, const float* logdet, int64_t n, float* logp_all,
+                   float* entropy, float* mean);
 
 // OpenMP threads the CPU kernel uses (1 without OpenMP).
 int cpu_threads();

@@ -86,7 +86,7 @@ void inter_rows(const CpuParams& p, const float* const* zr, int64_t r0, int nr, 
 
 // Intra part of rows [r0, r0 + nr) for class c.
 void intra_rows(const CpuParams& p, const float* const* zr, const float* logdet, int64_t r0, int nr, int c,
-                Scratch& s, float* logp, int64_t stride = 1) {
+                Scratch& s, float* logp) {
   const int K = p.n_intra;
   const float* lw = p.log_pi_intra + static_cast<int64_t>(c) * K;
   dist_block(zr, p.intra_t + static_cast<int64_t>(c) * p.dim * p.k_pad, p.k_pad, p.dim, s.dist.data());
@@ -102,7 +102,7 @@ void intra_rows(const CpuParams& p, const float* const* zr, const float* logdet,
       sum_s += t.s;
       sum_u += t.u;
     }
-    logp[(r0 + r) * stride] = logp_from_lse(lse_value(LseState{sum_s, sum_u}, sh), logdet[r0 + r], p.dim);
+    logp[r0 + r] = logp_from_lse(lse_value(LseState{sum_s, sum_u}, sh), logdet[r0 + r], p.dim);
   }
 }
 
@@ -188,21 +188,76 @@ int fused_cpu(const CpuParams& p, const float* z, const float* logdet, int64_t n
   return routed;
 }
 
-void intra_all_cpu(const CpuParams& p, const float* z, const float* logdet, int64_t n, float* logp_all) {
-  if (n <= 0) return;
+void fused_all_cpu(const CpuParams& p, const float* z, const float* logdet, int64_t n, float* logp_all,
+                   float* entropy, float* mean) {
+  const int C = p.n_classes, K = p.n_intra;
+  if (n <= 0) {
+    if (mean) std::fill(mean, mean + C, 0.0f);
+    return;
+  }
   const int64_t n_blocks = (n + kRows - 1) / kRows;
   const int n_threads = std::max<int>(1, static_cast<int>(std::min<int64_t>(cpu_threads(), n_blocks)));
+  std::vector<double> sums(static_cast<size_t>(n_threads) * C, 0.0);
 #pragma omp parallel num_threads(n_threads) if (n_threads > 1)
   {
-    Scratch s;
-    s.dist.resize(static_cast<size_t>(kRows) * p.k_pad);
+#if defined(_OPENMP)
+    const int tid = omp_get_thread_num();
+#else
+    const int tid = 0;
+#endif
+    std::vector<float> dist(static_cast<size_t>(kRows) * p.a_pad);
+    std::vector<float> e(C);
+    std::vector<double> msum(C, 0.0);
     const float* zr[kRows];
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < n_blocks; ++b) {
       const int64_t r0 = b * kRows;
       const int nr = static_cast<int>(std::min<int64_t>(kRows, n - r0));
       row_pointers(z, n, p.dim, r0, zr);
-      for (int c = 0; c < p.n_classes; ++c) intra_rows(p, zr, logdet, r0, nr, c, s, logp_all + c, p.n_classes);
+      dist_block(zr, p.all_t, p.a_pad, p.dim, dist.data());
+      for (int r = 0; r < nr; ++r) {
+        const int64_t row = r0 + r;
+        const float* dr = dist.data() + static_cast<int64_t>(r) * p.a_pad;
+        // inter: the first C centers
+        float m = kNegInf;
+        for (int j = 0; j < C; ++j) m = max_skip_nan(m, logit_from_dist(dr[j], p.log_pi_inter[j]));
+        float sh = safe_shift(m);
+        float sum_s = 0.0f, sum_u = 0.0f;
+#pragma omp simd reduction(+ : sum_s, sum_u)
+        for (int j = 0; j < C; ++j) {
+          const LseState t = lse_push(lse_zero(), logit_from_dist(dr[j], p.log_pi_inter[j]), sh);
+          e[j] = t.s;
+          sum_s += t.s;
+          sum_u += t.u;
+        }
+        if (entropy) entropy[row] = lse_entropy(LseState{sum_s, sum_u});
+        const float inv_s = 1.0f / sum_s;
+        for (int j = 0; j < C; ++j) msum[j] += e[j] * inv_s;
+        // intra: K centers per class after them
+        for (int c = 0; c < C; ++c) {
+          const float* dc = dr + C + static_cast<int64_t>(c) * K;
+          const float* lw = p.log_pi_intra + static_cast<int64_t>(c) * K;
+          float mk = kNegInf;
+          for (int j = 0; j < K; ++j) mk = max_skip_nan(mk, logit_from_dist(dc[j], lw[j]));
+          sh = safe_shift(mk);
+          float ss = 0.0f, su = 0.0f;
+#pragma omp simd reduction(+ : ss, su)
+          for (int j = 0; j < K; ++j) {
+            const LseState t = lse_push(lse_zero(), logit_from_dist(dc[j], lw[j]), sh);
+            ss += t.s;
+            su += t.u;
+          }
+          logp_all[row * C + c] = logp_from_lse(lse_value(LseState{ss, su}, sh), logdet[row], p.dim);
+        }
+      }
+    }
+    std::copy(msum.begin(), msum.end(), sums.begin() + static_cast<int64_t>(tid) * C);
+  }
+  if (mean) {
+    for (int j = 0; j < C; ++j) {
+      double acc = 0.0;
+      for (int t = 0; t < n_threads; ++t) acc += sums[static_cast<size_t>(t) * C + j];
+      mean[j] = static_cast<float>(acc / static_cast<double>(n));
     }
   }
 }

@@ -155,6 +155,8 @@ def test_inter_intra_posterior_agree_with_reference(backend):
     assert relerr(all_c[:, c], ref_c) < RTOL
     for k in range(9):
         assert relerr(all_c[:, k], G.reference_intra(z, logdet, params["mu_intra"], params["log_pi_intra"], k)) < RTOL
+    _, ent_all, mean_all = g.fused_all(z, logdet)
+    assert relerr(ent_all, ent_ref) < RTOL and relerr(mean_all, mean_ref) < RTOL
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
