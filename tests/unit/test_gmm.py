@@ -245,6 +245,23 @@ def test_nan_propagates(backend, device):
     assert run_fused(g, zn, logdet, -1, device).class_index == 0
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_routing_tie_goes_to_the_first_class(backend, device):
+    """Two identical classes tie exactly in the posterior mean: the first one wins (np.argmax)."""
+    if device == "cuda" and backend != "native":
+        pytest.skip("the CUDA path is the native kernel only")
+    rng = np.random.default_rng()
+    params, z, logdet = make_level(rng, 40, 3, 4, 19)
+    for key in ("mu", "mu_intra"):
+        params[key][2] = params[key][1]
+    params["log_pi_inter"][:] = np.float32(np.log(1 / 3))
+    z = (params["mu"][1] + rng.standard_normal((40, 19)) * 0.1).astype(np.float32)  # all near 1 ≡ 2
+    g = G.GaussianMixture(**params, backend=backend)
+    out = run_fused(g, z, logdet, -1, device)
+    assert out.posterior_mean[1] == out.posterior_mean[2] and out.class_index == 1
+
+
 # ----------------------------------------------------------------------------- property test
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(n=st.integers(0, 40), c=st.integers(1, 20), k=st.integers(1, 12), d=st.integers(1, 70),
