@@ -29,7 +29,8 @@ def load_model(run_dir: str, meta: Optional[dict] = None):
     cfg = ModelConfig.from_dict(meta["model_config"])
     model = HGAD(cfg, backbone_weights="none")
     model.backbone.body.load_state_dict(artifact.load_tensors(run_dir, artifact.BACKBONE))
-    missing, unexpected = model.load_state_dict(artifact.load_tensors(run_dir, artifact.WEIGHTS), strict=False)
+    weights = {k: v for k, v in artifact.load_tensors(run_dir, artifact.WEIGHTS).items() if not k.startswith("gmm.")}
+    missing, unexpected = model.load_state_dict(weights, strict=False)
     missing = [k for k in missing if not k.startswith("backbone.")]
     if missing or unexpected:
         raise artifact.ArtifactError(f"{run_dir}: weights do not match the model config "

@@ -76,6 +76,10 @@ class HGAD(nn.Module):
         for l, ((h, w), d) in enumerate(zip(self.feature_shapes, self.dims)):
             pe = positional_encoding_2d(cfg.pos_dim, h, w).reshape(cfg.pos_dim, h * w).t()  # (N, P)
             self.register_buffer(f"pos_{l}", pe.contiguous(), persistent=False)
+            # Per-channel feature standardisation, fitted on the training features (set_feature_stats):
+            # the flow then starts near its target instead of spending epochs learning the scale.
+            self.register_buffer(f"feat_mean_{l}", torch.zeros(d))
+            self.register_buffer(f"feat_std_{l}", torch.ones(d))
             self.flows.append(build_flow(d, cfg.pos_dim, cfg.coupling_blocks, cfg.clamp, cfg.hidden_ratio))
             self.priors.append(MixturePrior(len(cfg.class_names), cfg.n_intra, d, cfg.center_scale))
 
@@ -86,6 +90,13 @@ class HGAD(nn.Module):
     def position_condition(self, level: int) -> torch.Tensor:
         return getattr(self, f"pos_{level}")  # (N, P)
 
+    @torch.no_grad()
+    def set_feature_stats(self, feats: List[torch.Tensor]) -> None:
+        """Fit the per-channel mean/std of each level from (n, D, h, w) training features."""
+        for l, f in enumerate(feats):
+            getattr(self, f"feat_mean_{l}").copy_(f.mean(dim=(0, 2, 3)))
+            getattr(self, f"feat_std_{l}").copy_(f.std(dim=(0, 2, 3)).clamp_min(1e-4))
+
     def extract_features(self, images: torch.Tensor) -> List[torch.Tensor]:
         """(B, 3, S, S) → list of (B, D_l, h_l, w_l)."""
         return self.backbone(images)
@@ -93,9 +104,12 @@ class HGAD(nn.Module):
     def flow_level(self, level: int, feat: torch.Tensor) -> FlowOutput:
         """(B, D, h, w) features of one level → z (B, N, D), log|det J| (B, N)."""
         b, d, h, w = feat.shape
+        mean, std = getattr(self, f"feat_mean_{level}"), getattr(self, f"feat_std_{level}")  # (D,)
         x = feat.flatten(2).transpose(1, 2).reshape(b * h * w, d)  # (B·N, D)
+        x = (x - mean) / std
         cond = self.position_condition(level).repeat(b, 1)  # (B·N, P)
         z, logdet = self.flows[level](x, c=[cond])
+        logdet = logdet - torch.log(std).sum()  # density of the raw features: d(x_std)/dx = 1/std
         return FlowOutput(z.reshape(b, h * w, d), logdet.reshape(b, h * w))
 
     def flow(self, feats: List[torch.Tensor]) -> List[FlowOutput]:

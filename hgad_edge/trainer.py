@@ -144,16 +144,16 @@ def train_epoch(model: HGAD, feats: List[torch.Tensor], labels: torch.Tensor, op
                                 cfg.label_smoothing)
             loss = loss + total_loss(terms, stage2, cfg.lambda1, cfg.lambda2)
             for name, v in zip(LOSS_NAMES, terms):
-                parts[name] += float(v) / len(feats)
+                parts[name] += v.item() / len(feats)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.flows.parameters(), 10.0)
         opt.step()
         sched.step()
-        sums["loss"] += float(loss)
+        sums["loss"] += loss.item()
         for k, v in parts.items():
             sums[k] += v
-        bar.set_postfix(loss=f"{float(loss):.3f}", g=f"{parts['g']:.3f}", mi=f"{parts['mi']:.3f}",
+        bar.set_postfix(loss=f"{loss.item():.3f}", g=f"{parts['g']:.3f}", mi=f"{parts['mi']:.3f}",
                         e=f"{parts['e']:.3f}", gi=f"{parts['g_intra']:.3f}", z=f"{parts['z']:.3f}")
     return {k: v / len(batches) for k, v in sums.items()}
 
@@ -183,7 +183,7 @@ def write_artifact(out_dir: str, model: HGAD, model_cfg: ModelConfig, train_cfg:
     weights = dict(model.trainable_state())
     for l in range(model.n_levels):
         for k, v in model.gmm_arrays(l).items():
-            weights[f"gmm.{l}.{k}"] = torch.from_numpy(v)
+            weights[f"gmm.{l}.{k}"] = torch.from_numpy(v.copy())
     _io.save_tensors(os.path.join(out_dir, artifact.WEIGHTS), weights)
     meta = {"model_config": model_cfg.to_dict(), "train_config": _train_dict(train_cfg),
             "feature_shapes": [list(s) for s in model.feature_shapes], "dims": model.dims,
@@ -218,7 +218,9 @@ def train(data_root: str, out_dir: str, model_cfg: ModelConfig, train_cfg: Train
         sched.step()
     labels = torch.tensor([s.class_index for s in fit_s])
     images = load_images(fit_s, progress, "load train")
-    feats = None if train_cfg.augment else cache_features(model, images, train_cfg.batch_size, progress)
+    feats = cache_features(model, images, train_cfg.batch_size, progress)
+    if start == 0:
+        model.set_feature_stats(feats)
     bar = tqdm(range(start, train_cfg.epochs), desc="train", disable=not progress, initial=start,
                total=train_cfg.epochs)
     for epoch in bar:
