@@ -2,7 +2,7 @@
 
 Every class is one real photograph (brick wall, grass, gravel, stained tissue, a retina, an
 espresso cup, ...). A *normal* image is a crop of that photograph with a little jitter (shift,
-rotation, scale, brightness/contrast; textures are also flipped and turned) resized to
+rotation, scale, brightness/contrast; some textures are also mirrored) resized to
 ``image_size``; train and test crops come from the same distribution. An *anomalous* test image
 is a normal one with one synthetic defect, small like real MVTec defects (0.3–4 % of the pixels):
 
@@ -40,6 +40,9 @@ DEFECT_TYPES = ("scratch", "stain", "contamination", "hole", "blur")
 MASK_THRESHOLD = 10  # grey levels; smaller changes are invisible and stay out of the mask
 MIN_DEFECT_AREA = 0.003  # fraction of the image
 MAX_DEFECT_AREA = 0.04
+# Least mean change (grey levels) inside the mask, per defect type: a defect must be plainly
+# visible (a blur changes only what has detail, so it gets a lower bar).
+MIN_CONTRAST = {"scratch": 35.0, "stain": 35.0, "contamination": 35.0, "hole": 35.0, "blur": 25.0}
 INFO_FILE = "demo_data.json"
 _FORMAT_VERSION = 1
 _SS = 4  # supersampling of rasterised shapes (anti-aliased edges)
@@ -57,7 +60,7 @@ class _ClassSpec:
     kind: str  # "texture" or "object"
     side: float
     rotation: float  # max |angle| in degrees
-    dihedral: bool = False  # random flips and quarter turns
+    flips: bool = False  # random mirror images (textures without a handedness)
     center: Optional[Tuple[float, float]] = None
     shift: float = 0.0  # object jitter, fraction of the crop side
     disc: Optional[Tuple[float, float, float]] = None
@@ -66,12 +69,12 @@ class _ClassSpec:
 
 CLASSES: Dict[str, _ClassSpec] = {
     "brick": _ClassSpec("brick", "texture", side=300, rotation=3.0),
-    "grass": _ClassSpec("grass", "texture", side=280, rotation=10.0, dihedral=True),
-    "gravel": _ClassSpec("gravel", "texture", side=280, rotation=10.0, dihedral=True),
-    "tissue": _ClassSpec("immunohistochemistry", "texture", side=300, rotation=10.0, dihedral=True),
+    "grass": _ClassSpec("grass", "texture", side=280, rotation=5.0, flips=True),
+    "gravel": _ClassSpec("gravel", "texture", side=280, rotation=5.0, flips=True),
+    "tissue": _ClassSpec("immunohistochemistry", "texture", side=300, rotation=5.0, flips=True),
     "retina": _ClassSpec("retina", "texture", side=420, rotation=8.0, disc=(705.0, 702.0, 300.0)),
     "coffee": _ClassSpec("coffee", "object", side=350, rotation=3.0, center=(300.0, 200.0), shift=0.02),
-    "hubble": _ClassSpec("hubble_deep_field", "texture", side=360, rotation=10.0, dihedral=True),
+    "hubble": _ClassSpec("hubble_deep_field", "texture", side=360, rotation=5.0, flips=True),
     "cat": _ClassSpec("chelsea", "object", side=270, rotation=3.0, center=(200.0, 150.0), shift=0.02,
                       defect_region=0.3),
 }
@@ -143,9 +146,7 @@ def normal_image(class_name: str, image_size: int, rng: np.random.Generator) -> 
     h, w = src.shape[:2]
     angle = float(rng.uniform(-spec.rotation, spec.rotation))
     scale = float(rng.uniform(0.97, 1.03))
-    if spec.dihedral:
-        angle += 90.0 * int(rng.integers(4))
-    flip = bool(spec.dihedral and rng.random() < 0.5)
+    flip = bool(spec.flips and rng.random() < 0.5)
     if spec.kind == "object":
         assert spec.center is not None
         jitter = rng.uniform(-spec.shift, spec.shift, size=2) * image_size
@@ -246,12 +247,15 @@ def _soft(x: np.ndarray, sigma: float) -> np.ndarray:
 def _scratch(img: np.ndarray, c: np.ndarray, u: float, rng: np.random.Generator) -> np.ndarray:
     size = img.shape[0]
     length = rng.uniform(0.2, 0.5) * size
-    pts = _curve(rng, c, length, bend=0.3, wiggle=rng.uniform(0.0, 0.02))
+    pts = _curve(rng, c, length, bend=0.3, wiggle=rng.uniform(0.0, 0.008))
     t = np.linspace(0, 1, len(pts))
-    width = max(1.2, rng.uniform(1.6, 3.2) * u)
+    width = max(1.2, rng.uniform(2.0, 3.5) * u)
     alpha = _stroke(pts, size, width * (0.3 + 0.7 * np.sin(np.pi * t) ** 0.5))
-    alpha *= rng.uniform(0.6, 1.0) * (0.7 + 0.3 * _lowfreq(rng, size, 6))
-    target = rng.uniform(215, 250) if rng.random() < 0.6 else rng.uniform(10, 45)
+    alpha *= rng.uniform(0.7, 1.0) * (0.7 + 0.3 * _lowfreq(rng, size, 6))
+    # mostly the tone that stands out from the surface around it (a lit or a dark groove)
+    local = float(img[alpha > 0.3].mean()) if (alpha > 0.3).any() else float(img.mean())
+    bright = rng.random() < (0.8 if local < 128 else 0.2)
+    target = rng.uniform(215, 250) if bright else rng.uniform(10, 45)
     return img + alpha[..., None] * (target - img)
 
 
@@ -259,10 +263,11 @@ def _stain(img: np.ndarray, c: np.ndarray, u: float, rng: np.random.Generator) -
     size = img.shape[0]
     radius = rng.uniform(8, 24) * u
     cover = _soft(_fill(_blob(c, radius, rng, 0.6), size), radius * rng.uniform(0.15, 0.35))
-    alpha = cover * rng.uniform(0.5, 0.85) * (0.6 + 0.4 * _lowfreq(rng, size, 12))
-    kind = rng.random()
+    alpha = cover * rng.uniform(0.7, 0.95) * (0.75 + 0.25 * _lowfreq(rng, size, 12))
+    local = float(img[cover > 0.5].mean()) if (cover > 0.5).any() else float(img.mean())
+    kind = rng.random() * (0.8 if local > 200 else 1.0)  # no bleach on an already white surface
     if kind < 0.4:  # dirt / oil: darker
-        target = img * rng.uniform(0.25, 0.55)
+        target = img * rng.uniform(0.15, 0.45)
     elif kind < 0.8:  # rust, yellowed residue, chemical: tinted (BGR multipliers)
         tints = ((0.35, 0.6, 1.0), (0.3, 0.85, 1.0), (0.75, 0.95, 0.5), (0.55, 0.5, 0.8))
         target = img * np.array(tints[int(rng.integers(len(tints)))], np.float32)
@@ -332,8 +337,8 @@ def _blur(img: np.ndarray, c: np.ndarray, u: float, rng: np.random.Generator) ->
     size = img.shape[0]
     radius = rng.uniform(11, 24) * u
     cover = _soft(_fill(_blob(c, radius, rng, 0.5), size), radius * 0.25)
-    blurred = cv2.GaussianBlur(img, (0, 0), rng.uniform(2.0, 4.0) * u)
-    haze = rng.uniform(0.1, 0.25)  # a greasy smudge also whitens a little
+    blurred = cv2.GaussianBlur(img, (0, 0), rng.uniform(2.5, 4.5) * u)
+    haze = rng.uniform(0.15, 0.3)  # a greasy smudge also whitens a little
     blurred = blurred * (1 - haze) + haze * 255.0
     return img + cover[..., None] * (blurred - img)
 
@@ -351,7 +356,7 @@ _DEFECTS: Dict[str, Callable[..., np.ndarray]] = {
     "scratch": _scratch, "stain": _stain, "contamination": _contamination, "hole": _hole, "blur": _blur}
 
 
-def _exact_mask(base: np.ndarray, out: np.ndarray, min_pixels: int) -> Tuple[np.ndarray, np.ndarray]:
+def _exact_mask(base: np.ndarray, out: np.ndarray, min_pixels: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Round ``out``; mask = changed by ≥ MASK_THRESHOLD; specks smaller than ``min_pixels`` are
     put back to ``base`` so the mask stays exactly the set of visibly changed pixels."""
     import cv2
@@ -365,13 +370,14 @@ def _exact_mask(base: np.ndarray, out: np.ndarray, min_pixels: int) -> Tuple[np.
         speck = np.isin(labels, small)
         res[speck] = base[speck]
         mask &= ~speck
-    return res, mask
+        diff[speck] = 0
+    return res, mask, diff
 
 
 def synthesize_defect(image: np.ndarray, kind: str, rng: np.random.Generator,
                       region: Optional[Tuple[float, float, float]] = None, own_source: str = "",
                       area: Tuple[float, float] = (MIN_DEFECT_AREA, MAX_DEFECT_AREA),
-                      max_tries: int = 60) -> Tuple[np.ndarray, np.ndarray]:
+                      min_contrast: Optional[float] = None, max_tries: int = 80) -> Tuple[np.ndarray, np.ndarray]:
     """Draw one synthetic defect on a copy of ``image`` and return it with its exact mask.
 
     Args:
@@ -382,6 +388,9 @@ def synthesize_defect(image: np.ndarray, kind: str, rng: np.random.Generator,
             default anywhere at least 12 % of S from the border.
         own_source: photograph the image comes from; foreign material never comes from it.
         area: accepted mask area as a fraction of the image; draws outside are redrawn.
+        min_contrast: least mean change (grey levels, largest channel) inside the mask;
+            fainter draws are redrawn. Default :data:`MIN_CONTRAST` of ``kind``. When no draw
+            reaches it, the most visible draw within ``area`` is used.
         max_tries: redraws before giving up.
 
     Returns:
@@ -401,15 +410,24 @@ def synthesize_defect(image: np.ndarray, kind: str, rng: np.random.Generator,
     base = image.astype(np.float32)
     min_pixels = max(3, int(round(size * size * 0.0002)))
     energy = _texture_energy(base, u) if kind == "blur" else None
+    min_contrast = MIN_CONTRAST[kind] if min_contrast is None else min_contrast
+    best: Optional[Tuple[float, np.ndarray, np.ndarray]] = None
     for _ in range(max_tries):
         centers = [_draw_center(rng, size, region) for _ in range(6 if energy is not None else 1)]
         # a blur only shows on texture: take the most textured of a few candidate places
         c = max(centers, key=lambda p: energy[int(p[1]), int(p[0])]) if energy is not None else centers[0]
         fn = _DEFECTS[kind]
         out = fn(base, c, u, rng, own_source) if kind == "contamination" else fn(base, c, u, rng)
-        res, mask = _exact_mask(image, out, min_pixels)
+        res, mask, diff = _exact_mask(image, out, min_pixels)
         if area[0] <= mask.mean() <= area[1]:
-            return res, mask
+            contrast = float(diff[mask].mean())
+            if contrast >= min_contrast:
+                return res, mask
+            if best is None or contrast > best[0]:
+                best = (contrast, res, mask)
+    if best is not None:
+        log.debug("%s defect: best contrast %.1f < %.1f after %d tries", kind, best[0], min_contrast, max_tries)
+        return best[1], best[2]
     raise RuntimeError(f"could not draw a {kind} defect covering {area[0]:.2%}–{area[1]:.2%} of a "
                        f"{size}x{size} image in {max_tries} tries")
 
@@ -479,12 +497,12 @@ def _write_class(root: str, name: str, n_train: int, n_test_good: int, n_test_de
 
 
 def make_demo_data(out_dir: str, classes: Optional[Union[str, Sequence[str]]] = None, n_train: int = 60,
-                   n_test_good: int = 10, n_test_defect: int = 10, image_size: int = 256, seed: int = 0,
+                   n_test_good: int = 20, n_test_defect: int = 20, image_size: int = 256, seed: int = 0,
                    overwrite: bool = False) -> List[str]:
     """Write a multi-class MVTec-layout dataset made from scikit-image photographs.
 
-    Defect types go round-robin over :data:`DEFECT_TYPES`, so ``n_test_defect=10`` gives two of
-    each per class. The folder is built beside ``out_dir`` and renamed into place, so a crash
+    Defect types go round-robin over :data:`DEFECT_TYPES`, so the default ``n_test_defect=20``
+    gives four of each per class (20 + 20 test images keep an AUROC from hanging on one image). The folder is built beside ``out_dir`` and renamed into place, so a crash
     never leaves half a dataset. A JSON file (``demo_data.json``) records the arguments.
 
     Args:

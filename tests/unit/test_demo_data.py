@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from hgad_edge import data, demo_data
-from hgad_edge.demo_data import (DEFECT_TYPES, MASK_THRESHOLD, MAX_DEFECT_AREA, MIN_DEFECT_AREA,
+from hgad_edge.demo_data import (DEFECT_TYPES, MASK_THRESHOLD, MAX_DEFECT_AREA, MIN_CONTRAST, MIN_DEFECT_AREA,
                                  make_demo_data, normal_image, synthesize_defect)
 
 
@@ -91,6 +91,7 @@ def test_masks_are_exactly_the_changed_pixels_on_disk(demo_root):
         mask = data.read_mask(s.mask_path, img.shape[:2])
         assert np.array_equal(mask, diff >= MASK_THRESHOLD), s.path
         assert diff[~mask].max(initial=0) < MASK_THRESHOLD
+        assert diff[mask].mean() >= MIN_CONTRAST[s.defect], s.path
 
 
 @pytest.mark.parametrize("kind", DEFECT_TYPES)
@@ -101,6 +102,7 @@ def test_synthesize_defect_exact_and_small(demo_root, kind):
         diff = np.abs(out.astype(int) - img).max(axis=2)
         assert np.array_equal(mask, diff >= MASK_THRESHOLD)
         assert MIN_DEFECT_AREA <= mask.mean() <= MAX_DEFECT_AREA
+        assert diff[mask].mean() >= MIN_CONTRAST[kind]  # plainly visible, not a faint smudge
         again, mask2 = synthesize_defect(img, kind, np.random.default_rng(k), own_source=name)
         assert np.array_equal(out, again) and np.array_equal(mask, mask2)
 
