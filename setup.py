@@ -78,7 +78,8 @@ setup(
     version="0.1.0",
     description="Unified visual anomaly detection (HGAD) for edge deployment",
     python_requires=">=3.9",
-    packages=find_packages(include=["hgad_edge", "hgad_edge.*"]),
+    packages=find_packages(include=["hgad_edge", "hgad_edge.*"]) + ["hgad_edge.export"],
+    package_dir={"hgad_edge.export": "export"},
     package_data={"hgad_edge": ["*.pyi", "py.typed"]},
     install_requires=TORCH + [
         "numpy>=1.24",

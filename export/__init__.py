@@ -1,0 +1,1 @@
+"""hgad_edge.export: ONNX / TensorRT export and the optimized runtimes (placeholder)."""

@@ -1,0 +1,90 @@
+"""The Gaussian-mixture scoring of every level as plain torch ops, for the ``--full-graph`` ONNX.
+
+Engines that cannot call our native kernel (Triton's ONNX/TensorRT backends, DeepStream's
+nvinfer) get the same numbers as ``hgad_edge.gmm`` from this graph: inter-class posterior and
+its entropy, routing by the argmax of the image-mean posterior averaged over levels (or a given
+class), and the intra-class log-likelihood of the routed class. Same math as the numpy fallback
+of ``hgad_edge.gmm.GaussianMixture`` (squared distances by the BLAS expansion, clamped at 0).
+"""
+from __future__ import annotations
+
+import math
+from typing import List, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+
+LOG_2PI = math.log(2.0 * math.pi)
+
+
+def _sqdist(z: torch.Tensor, mu: torch.Tensor, mu_sq: torch.Tensor) -> torch.Tensor:
+    """||z − μ||² of (B, N, D) rows against (M, D) centers → (B, N, M), clamped at 0."""
+    z_sq = (z * z).sum(dim=-1, keepdim=True)  # (B, N, 1)
+    d = z_sq - 2.0 * torch.matmul(z, mu.t()) + mu_sq  # (B, N, M)
+    return torch.clamp(d, min=0.0)
+
+
+class LevelGMM(nn.Module):
+    """One level's hierarchical mixture: entropy and posterior mean, logp of every class."""
+
+    def __init__(self, mu, log_pi_inter, mu_intra, log_pi_intra):
+        super().__init__()
+        mu = torch.as_tensor(mu, dtype=torch.float32)  # (C, D)
+        mu_intra = torch.as_tensor(mu_intra, dtype=torch.float32)  # (C, K, D)
+        c, k, d = mu_intra.shape
+        self.n_classes, self.n_intra, self.dim = int(c), int(k), int(d)
+        flat = mu_intra.reshape(c * k, d)  # (C·K, D)
+        self.register_buffer("mu", mu)
+        self.register_buffer("mu_sq", (mu * mu).sum(-1))  # (C,)
+        self.register_buffer("log_pi_inter", torch.as_tensor(log_pi_inter, dtype=torch.float32).reshape(c))  # (C,)
+        self.register_buffer("mu_intra", flat)
+        self.register_buffer("mu_intra_sq", (flat * flat).sum(-1))  # (C·K,)
+        self.register_buffer("log_pi_intra", torch.as_tensor(log_pi_intra, dtype=torch.float32).reshape(c * k))
+        self.const = -0.5 * LOG_2PI * d
+
+    def inter(self, z: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """z (B, N, D) → entropy (B, N), image-mean posterior (B, C)."""
+        logits = -0.5 * _sqdist(z, self.mu, self.mu_sq) + self.log_pi_inter  # (B, N, C)
+        logq = torch.log_softmax(logits, dim=-1)  # (B, N, C)
+        p = torch.exp(logq)  # (B, N, C)
+        entropy = -(p * logq).sum(dim=-1)  # (B, N)
+        return entropy, p.mean(dim=1)  # (B, N), (B, C)
+
+    def intra_all(self, z: torch.Tensor, logdet: torch.Tensor) -> torch.Tensor:
+        """z (B, N, D), logdet (B, N) → logp / D of every class (B, N, C)."""
+        b, n, _ = z.shape
+        logits = -0.5 * _sqdist(z, self.mu_intra, self.mu_intra_sq) + self.log_pi_intra  # (B, N, C·K)
+        logits = logits.reshape(b, n, self.n_classes, self.n_intra)  # (B, N, C, K)
+        lse = torch.logsumexp(logits, dim=-1)  # (B, N, C)
+        return (self.const + lse + logdet.unsqueeze(-1)) / self.dim  # (B, N, C)
+
+
+class GMMScoring(nn.Module):
+    """All levels: (z_l, logdet_l)… and a class index per image (−1 = route) → scores.
+
+    Outputs ``(posterior (B, C), class_index (B,) int64, logp_0 (B, h_0, w_0), entropy_0, …)``.
+    """
+
+    def __init__(self, gmms: Sequence[LevelGMM], feature_shapes: Sequence[Tuple[int, int]]):
+        super().__init__()
+        self.levels = nn.ModuleList(gmms)
+        self.feature_shapes = [tuple(int(v) for v in s) for s in feature_shapes]
+
+    @classmethod
+    def from_arrays(cls, arrays: Sequence[dict], feature_shapes) -> "GMMScoring":
+        """``arrays``: per level a dict with mu, log_pi_inter, mu_intra, log_pi_intra."""
+        return cls([LevelGMM(a["mu"], a["log_pi_inter"], a["mu_intra"], a["log_pi_intra"]) for a in arrays],
+                   feature_shapes)
+
+    def forward(self, levels: List[Tuple[torch.Tensor, torch.Tensor]], class_index: torch.Tensor):
+        inter = [g.inter(z) for g, (z, _) in zip(self.levels, levels)]
+        posterior = torch.stack([pm for _, pm in inter], dim=0).mean(dim=0)  # (B, C)
+        routed = torch.argmax(posterior, dim=-1)  # (B,) first maximum, like np.argmax
+        cls_idx = torch.where(class_index >= 0, class_index, routed)  # (B,)
+        out = [posterior, cls_idx]
+        for g, (z, logdet), (ent, _), (h, w) in zip(self.levels, levels, inter, self.feature_shapes):
+            logp_all = g.intra_all(z, logdet)  # (B, N, C)
+            index = cls_idx.reshape(-1, 1, 1).expand(-1, logp_all.shape[1], 1)  # (B, N, 1)
+            logp = torch.gather(logp_all, 2, index).squeeze(-1)  # (B, N)
+            out += [logp.reshape(-1, h, w), ent.reshape(-1, h, w)]
+        return tuple(out)
