@@ -264,18 +264,23 @@ def run_stream(cfg: StreamConfig, detector=None, stop_event: Optional[threading.
         SourceError: the source cannot be opened or never delivered a frame.
         ValueError: bad configuration (unknown class, roi outside the frame, ...).
     """
-    stop_event = stop_event or threading.Event()
-    if detector is None:
-        if not cfg.model:
-            raise ValueError("StreamConfig.model (a RUN_DIR) is needed when no detector is given")
-        from .detector import Detector
-
-        detector = Detector(cfg.model, backend=cfg.backend, target_fpr=cfg.target_fpr, threads=cfg.threads)
-    detector.class_index(cfg.class_name)  # an unknown class fails here, naming the known ones
-    backend = str(getattr(detector, "backend", "custom"))
-    live = is_live(cfg.source)
-    cap = open_checked(cfg.source, capture_factory)
     import cv2
+
+    stop_event = stop_event or threading.Event()
+    if detector is None and not cfg.model:
+        raise ValueError("StreamConfig.model (a RUN_DIR) is needed when no detector is given")
+    live = is_live(cfg.source)
+    cap = open_checked(cfg.source, capture_factory)  # first: a wrong source fails before the model loads
+    try:
+        if detector is None:
+            from .detector import Detector
+
+            detector = Detector(cfg.model, backend=cfg.backend, target_fpr=cfg.target_fpr, threads=cfg.threads)
+        detector.class_index(cfg.class_name)  # an unknown class fails here, naming the known ones
+    except BaseException:
+        cap.release()
+        raise
+    backend = str(getattr(detector, "backend", "custom"))
 
     src_fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
     fps = cfg.fps or (src_fps if 0 < src_fps < 1000 else 25.0)
