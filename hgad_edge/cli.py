@@ -165,7 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _extra_commands():
     """Verbs contributed by optional subpackages (export, bench) when present."""
-    out = []
+    from .stream import register as stream_register
+
+    out = [stream_register]
     try:
         from .export import cli as export_cli
     except ImportError:
