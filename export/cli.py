@@ -1,0 +1,74 @@
+"""``hgad-edge export`` and ``hgad-edge bench``: thin shells over ``pipeline`` and ``bench``.
+
+``hgad_edge/cli.py`` calls ``register(subparsers)`` when this package imports.
+"""
+from __future__ import annotations
+
+import argparse
+
+from .pipeline import FORMATS, PRECISIONS
+
+
+def _cmd_export(a: argparse.Namespace) -> int:
+    from .pipeline import ExportConfig, export_model
+
+    formats = tuple(dict.fromkeys(["onnx"] + list(a.format or [])))  # TensorRT builds from the ONNX graph
+    cfg = ExportConfig(formats=formats, precisions=tuple(dict.fromkeys(a.precision or ["fp16"])),
+                       full_graph=a.full_graph, opset=a.opset, calib_data=a.calib_data,
+                       calib_images=a.calib_images, max_batch=a.max_batch, workspace_mb=a.workspace_mb)
+    meta = export_model(a.run_dir, cfg)
+    ort = meta["exports"]["onnxruntime"]
+    val = ort["validation"]
+    print(f"ONNX (opset {ort['opset']}, folded flows): {', '.join(ort['files'].values())} → {a.run_dir}")
+    print(f"  validation vs eager torch on {val['images']} {val['source']}: "
+          + ", ".join(f"{k} {v:.1e}" for k, v in val["max_rel_err"].items()) + f" (relative) → {val['status']}")
+    for p, e in meta["exports"].get("tensorrt", {}).get("engines", {}).items():
+        print(f"TensorRT {p}: {e['file']} for {e['gpu']} (sm {e['compute_capability']}, TensorRT {e['tensorrt']})")
+    return 0 if val["status"] == "passed" else 1
+
+
+def _cmd_bench(a: argparse.Namespace) -> int:
+    from hgad_edge import _io
+
+    from .bench import format_table, rows_as_dicts, run_bench
+
+    rows = run_bench(a.run_dir, a.data, device=a.device, threads=a.threads, frames=a.frames, warmup=a.warmup,
+                     progress=not a.quiet)
+    print(format_table(rows, a.threads))
+    if a.json:
+        _io.write_json(a.json, rows_as_dicts(rows))
+        print(f"rows written to {a.json}")
+    return 0
+
+
+def register(sub) -> None:
+    """Add the ``export`` and ``bench`` verbs to the ``hgad-edge`` subparsers."""
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    s = sub.add_parser("export", formatter_class=fmt,
+                       help="add ONNX graphs (folded flows) and TensorRT engines to a model directory")
+    s.add_argument("run_dir", help="model directory written by `hgad-edge train`")
+    s.add_argument("--format", action="append", choices=FORMATS,
+                   help="repeatable; onnx is always written (TensorRT builds from it)")
+    s.add_argument("--precision", action="append", choices=PRECISIONS,
+                   help="TensorRT engine precision, repeatable (default fp16)")
+    s.add_argument("--full-graph", action="store_true",
+                   help="also full_graph.onnx: backbone + flows + GMM scoring as ONNX ops (Triton, DeepStream)")
+    s.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 17)")
+    s.add_argument("--calib-data", help="folder of normal images for INT8 calibration "
+                                        "(default: the artifact's held-out calibration images)")
+    s.add_argument("--calib-images", type=int, default=64, help="at most this many INT8 calibration images")
+    s.add_argument("--max-batch", type=int, default=8, help="TensorRT optimization profile: batch 1..N")
+    s.add_argument("--workspace-mb", type=int, default=1024, help="TensorRT builder workspace")
+    s.set_defaults(func=_cmd_export)
+
+    s = sub.add_parser("bench", formatter_class=fmt,
+                       help="benchmark table: every backend × precision, accuracy and end-to-end latency")
+    s.add_argument("run_dir")
+    s.add_argument("--data", required=True, help="dataset root (MVTec layout) whose test split is scored")
+    s.add_argument("--device", default="cpu", help="cpu or cuda")
+    s.add_argument("--threads", type=int, default=2, help="intra-op threads of every backend")
+    s.add_argument("--frames", type=int, default=100, help="timed frames per row (after warm-up)")
+    s.add_argument("--warmup", type=int, default=10)
+    s.add_argument("--json", help="also write the rows as JSON here")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=_cmd_bench)
