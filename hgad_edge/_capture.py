@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 Source = Union[int, str]
 CaptureFactory = Callable[[Source], Any]
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+URL_TIMEOUT_MS = 10000  # FFmpeg open/read timeout of URL sources
 END = object()  # put by the capture thread after the last frame
 
 
@@ -96,8 +97,9 @@ def open_capture(source: Source) -> Any:
         return FolderCapture(str(source))
     if kind == "pipeline":
         return cv2.VideoCapture(str(source), cv2.CAP_GSTREAMER)
-    if kind == "url":
-        return cv2.VideoCapture(str(source), cv2.CAP_FFMPEG)
+    if kind == "url":  # bounded waits, so a dead stream reads as lost (→ reconnect) instead of hanging
+        return cv2.VideoCapture(str(source), cv2.CAP_FFMPEG, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, URL_TIMEOUT_MS,
+                                                              cv2.CAP_PROP_READ_TIMEOUT_MSEC, URL_TIMEOUT_MS])
     cap = cv2.VideoCapture(source)
     if kind == "camera":
         cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # keep the driver's queue short where supported
