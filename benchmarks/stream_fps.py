@@ -30,7 +30,6 @@ def _threads_from_argv() -> None:
 _threads_from_argv()
 
 import cv2  # noqa: E402
-import numpy as np  # noqa: E402
 
 
 def demo_model(workdir: str, image_size: int = 128) -> str:

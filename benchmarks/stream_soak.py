@@ -50,7 +50,7 @@ class LoopingSource:
         self.pool = []
         for i in range(pool):
             img = rng.integers(60, 120, (size, size, 3), dtype=np.uint8)
-            if i % 4 == 3:  # a bright blob every fourth frame
+            if i >= pool - 4:  # a bright blob on 4 frames in a row: one alarm episode per loop
                 img[size // 3: size // 2, size // 3: size // 2] = 250
             self.pool.append(img)
         self.n, self.i = n, 0

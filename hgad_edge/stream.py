@@ -479,6 +479,9 @@ def _cmd_stream(a: argparse.Namespace) -> int:
     except (SourceError, ArtifactError, ValueError, FileNotFoundError, ImportError, OSError) as e:
         print(f"hgad-edge stream: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # the second Ctrl-C; threads and outputs were closed on the way out
+        print("hgad-edge stream: interrupted", file=sys.stderr)
+        return 130
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
@@ -500,7 +503,8 @@ def main(argv=None) -> int:
     p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     add_arguments(p)
     a = p.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
     return _cmd_stream(a)
 
 
