@@ -14,7 +14,8 @@ is a normal one with one synthetic defect, small like real MVTec defects (0.3–
 
 Masks are exact: a pixel is in the mask iff the defect changed one of its channels by at least
 :data:`MASK_THRESHOLD` grey levels; fainter changes (soft edges) are left out because they are
-invisible. Everything is drawn from ``np.random.default_rng`` streams keyed by (seed, class,
+invisible. Draws that are too faint on average (:data:`MIN_CONTRAST`) or too small or large are
+redrawn. Everything is drawn from ``np.random.default_rng`` streams keyed by (seed, class,
 split, index), so a seed gives byte-identical files and adding a class leaves the others
 unchanged. The dataset is written into a temporary folder and renamed into place.
 """
@@ -209,7 +210,8 @@ def _stroke(points: np.ndarray, size: int, widths: np.ndarray) -> np.ndarray:
 
 def _curve(rng: np.random.Generator, center: np.ndarray, length: float, bend: float, wiggle: float = 0.0,
            n: int = 120) -> np.ndarray:
-    """A smooth open curve of about ``length`` through ``center``: quadratic Bézier plus wiggle."""
+    """A smooth open curve of about ``length`` through ``center``: quadratic Bézier plus an
+    irregular sideways meander of at most ``wiggle`` × length."""
     a = rng.uniform(0, np.pi)
     d = np.array([np.cos(a), np.sin(a)])
     perp = np.array([-d[1], d[0]])
@@ -218,8 +220,10 @@ def _curve(rng: np.random.Generator, center: np.ndarray, length: float, bend: fl
     t = np.linspace(0, 1, n)[:, None]
     pts = (1 - t) ** 2 * p0 + 2 * (1 - t) * t * p1 + t ** 2 * p2
     if wiggle:
-        phase, freq = rng.uniform(0, 2 * np.pi), rng.uniform(1.5, 4.0)
-        pts = pts + perp * (wiggle * length * np.sin(2 * np.pi * freq * t + phase))
+        k = np.exp(-0.5 * (np.arange(-n // 4, n // 4 + 1) / (n / rng.uniform(12, 30))) ** 2)
+        walk = np.convolve(rng.normal(size=n + len(k)), k, mode="same")[len(k) // 2:len(k) // 2 + n]
+        walk -= np.linspace(walk[0], walk[-1], n)  # keep the ends on the Bézier curve
+        pts = pts + perp * (wiggle * length * walk / max(float(np.abs(walk).max()), 1e-6))[:, None]
     return pts
 
 
