@@ -506,8 +506,9 @@ def make_demo_data(out_dir: str, classes: Optional[Union[str, Sequence[str]]] = 
     """Write a multi-class MVTec-layout dataset made from scikit-image photographs.
 
     Defect types go round-robin over :data:`DEFECT_TYPES`, so the default ``n_test_defect=20``
-    gives four of each per class (20 + 20 test images keep an AUROC from hanging on one image). The folder is built beside ``out_dir`` and renamed into place, so a crash
-    never leaves half a dataset. A JSON file (``demo_data.json``) records the arguments.
+    gives four of each per class (20 + 20 test images keep an AUROC from hanging on one image).
+    The folder is built beside ``out_dir`` and renamed into place, so a crash never leaves half
+    a dataset. A JSON file (``demo_data.json``) records the arguments.
 
     Args:
         out_dir: dataset root to create.
