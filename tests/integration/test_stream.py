@@ -257,9 +257,9 @@ def test_roi_scores_only_the_crop_and_draws_in_place(det, images, tmp_path):
 def test_live_source_lost_mid_stream_is_reconnected(failure, tmp_path, caplog):
     first = [(True, grey(10 + i)) for i in range(5)]
     first.append(OSError("camera unplugged") if failure == "raises" else (False, None))
-    second = [(True, grey(200 + i)) for i in range(5)]
+    second = [(True, grey(200 + i)) for i in range(8)]
     factory = factory_of(FakeCapture(first, delay_s=0.01), FakeCapture([], opened=False),
-                         FakeCapture(second, delay_s=0.01))
+                         FakeCapture(second, delay_s=0.02))
     jsonl = tmp_path / "events.jsonl"
     caplog.set_level("WARNING", logger="hgad_edge")
     s = run_stream(StreamConfig(source="rtsp://camera/stream", jsonl=str(jsonl), alarm=(2, 3), reconnect_attempts=3,
@@ -267,9 +267,9 @@ def test_live_source_lost_mid_stream_is_reconnected(failure, tmp_path, caplog):
                    detector=FakeDetector(), capture_factory=factory)
     # open, lost → 1 failed reopen → reconnected, end of frames → 3 failed reopens → given up
     assert len(factory.calls) == 1 + 2 + 3
-    assert s.reconnects == 1 and s.ended_by == "source_lost" and s.frames_read == 10 and conserved(s)
+    assert s.reconnects == 1 and s.ended_by == "source_lost" and s.frames_read == 13 and conserved(s)
     rows = frame_rows(read_jsonl(jsonl))
-    assert rows[-1]["frame"] == 9 and max(r["frame"] for r in rows) >= 5  # scored after the reconnect
+    assert rows[-1]["frame"] == 12 and max(r["frame"] for r in rows) >= 5  # scored after the reconnect
     assert s.alarms == 1
     text = caplog.text
     assert "lost; reconnecting" in text and "reconnected after 2 attempt" in text and "giving up after 3" in text
