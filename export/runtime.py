@@ -62,6 +62,9 @@ def make_session(path: str, threads: Optional[int] = None, providers: Optional[S
     so.intra_op_num_threads = int(threads) if threads else 0  # 0: ONNX Runtime's default (physical cores)
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
+    # No busy-waiting after a run: the GMM kernel (OpenMP) and postprocessing run right after the
+    # network on the same cores, and spinning ORT workers starved them (measured: gmm 0.3 → 200+ ms).
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(path, sess_options=so, providers=list(providers or ["CPUExecutionProvider"]))
 
 
