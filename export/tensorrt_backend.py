@@ -124,6 +124,8 @@ def build_engine(onnx_path: str, out_path: str, precision: str, image_size: int,
         profile.set_shape("image", shape(1), shape(1), shape(max_batch))  # optimised for batch 1 (streams)
         config.add_optimization_profile(profile)
         calibrator = None
+        if precision == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
+            config.clear_flag(trt.BuilderFlag.TF32)  # TF32 is on by default: fp32 means fp32 here
         if precision in ("fp16", "int8"):
             config.set_flag(trt.BuilderFlag.FP16)  # int8 falls back to fp16 where int8 has no kernel
         if precision == "int8":
