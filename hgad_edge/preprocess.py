@@ -8,29 +8,46 @@ import numpy as np
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+CHANNEL_ORDERS = ("bgr", "rgb")
+_EXPECTED = "an H×W×3 uint8 BGR image (as cv2.imread / cv2.VideoCapture give)"
 
 
 def validate_frame(frame: object) -> np.ndarray:
-    """Return ``frame`` as an H×W×3 BGR uint8 array, or raise ``ValueError`` saying what was expected.
+    """Return ``frame`` as a C-contiguous H×W×3 BGR uint8 array, or raise saying what was expected.
 
-    Accepted: uint8 H×W×3 (BGR, as OpenCV decodes), H×W or H×W×1 grayscale (expanded),
-    H×W×4 BGRA (alpha dropped), uint16 (scaled by 1/257), float in [0, 1] (scaled by 255).
+    Converted (H, W ≥ 1; any strides, views and byte order):
+
+    - uint8 H×W×3 — taken as BGR, returned as is (copied only when not C-contiguous);
+    - H×W or H×W×1 grayscale — replicated to three channels;
+    - H×W×4 — taken as BGRA, alpha dropped (not blended);
+    - uint16 — scaled by 255/65535 and rounded (65535 → 255);
+    - float16/32/64 with every value in [0, 1] — scaled by 255 and rounded.
+
+    Rejected with ``ValueError`` (the stream counts such frames as bad and skips them):
+    ``None``; an empty array (a side of 0); other shapes (1-D, CHW, 2 or 5+ channels, 4-D);
+    other dtypes (bool, signed ints, uint32/64, complex, object); float frames holding NaN/Inf
+    or values outside [0, 1] (e.g. 0–255 floats: pass them as uint8). Anything that is not a
+    numpy array (list, PIL image, torch tensor) raises ``TypeError``.
+
+    A frame in RGB order is not detectable from its values: convert it with :func:`to_bgr`.
     """
     if frame is None:
-        raise ValueError("frame is None: expected an H×W×3 uint8 BGR image (e.g. from cv2.imread)")
+        raise ValueError(f"frame is None: expected {_EXPECTED}")
     if not isinstance(frame, np.ndarray):
-        raise TypeError(f"frame must be a numpy array, got {type(frame).__name__}")
+        raise TypeError(f"frame must be a numpy array, got {type(frame).__name__}: expected {_EXPECTED}")
     if frame.ndim == 3 and frame.shape[2] == 1:
         frame = frame[:, :, 0]
     if frame.ndim not in (2, 3) or (frame.ndim == 3 and frame.shape[2] not in (3, 4)):
         raise ValueError(f"frame has shape {frame.shape}: expected H×W×3 (BGR), H×W×4 (BGRA) or H×W (gray)")
     if frame.shape[0] < 1 or frame.shape[1] < 1:
-        raise ValueError(f"frame is empty (shape {frame.shape})")
+        raise ValueError(f"frame is empty (shape {frame.shape}): expected {_EXPECTED}")
+    if not frame.dtype.isnative:  # big-endian uint16/float from a file or a camera SDK
+        frame = frame.astype(frame.dtype.newbyteorder("="))
     if frame.dtype == np.uint8:
         out = frame
     elif frame.dtype == np.uint16:
         out = (frame.astype(np.float32) / 257.0 + 0.5).astype(np.uint8)
-    elif frame.dtype in (np.float32, np.float64, np.float16):
+    elif frame.dtype in (np.float16, np.float32, np.float64):
         if not np.isfinite(frame).all():
             raise ValueError("frame contains NaN or Inf: expected finite values in [0, 1]")
         lo, hi = float(frame.min()), float(frame.max())
@@ -39,11 +56,34 @@ def validate_frame(frame: object) -> np.ndarray:
         out = (frame.astype(np.float32) * 255.0 + 0.5).astype(np.uint8)
     else:
         raise ValueError(f"frame dtype {frame.dtype} not supported: expected uint8, uint16 or float in [0, 1]")
+    out = np.ascontiguousarray(out)  # OpenCV wants plain C-contiguous memory
     if out.ndim == 2:
         out = cv2.cvtColor(out, cv2.COLOR_GRAY2BGR)
     elif out.shape[2] == 4:
         out = cv2.cvtColor(out, cv2.COLOR_BGRA2BGR)
-    return np.ascontiguousarray(out)
+    return out
+
+
+def to_bgr(frame: object, order: str = "bgr") -> np.ndarray:
+    """:func:`validate_frame` for a frame whose colour channels come in ``order``.
+
+    Args:
+        frame: any frame :func:`validate_frame` accepts; with ``order="rgb"`` an H×W×4 frame is
+            RGBA.
+        order: ``"bgr"`` (OpenCV, the default everywhere in hgad_edge) or ``"rgb"`` (PIL,
+            imageio, scikit-image, most camera SDKs).
+
+    Returns:
+        C-contiguous H×W×3 BGR uint8.
+
+    Raises:
+        ValueError: ``order`` is not one of :data:`CHANNEL_ORDERS`, or the frame is rejected.
+    """
+    key = order.lower() if isinstance(order, str) else order
+    if key not in CHANNEL_ORDERS:
+        raise ValueError(f"channel order {order!r} not supported: expected one of {CHANNEL_ORDERS}")
+    bgr = validate_frame(frame)
+    return np.ascontiguousarray(bgr[:, :, ::-1]) if key == "rgb" else bgr
 
 
 def preprocess(frames: Sequence[np.ndarray], size: int) -> np.ndarray:
