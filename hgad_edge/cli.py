@@ -28,11 +28,12 @@ def _parse_levels(text: str):
 
 
 def _cmd_make_demo_data(a: argparse.Namespace) -> int:
-    from .demo_data import make_demo_data
+    from .demo_data import format_summary, make_demo_data, summarize
 
     classes = a.classes.split(",") if a.classes else None
-    make_demo_data(a.out, classes=classes, n_train=a.n_train, image_size=a.image_size, seed=a.seed,
-                   overwrite=a.overwrite)
+    make_demo_data(a.out, classes=classes, n_train=a.n_train, n_test_good=a.n_test, n_test_defect=a.n_test,
+                   image_size=a.image_size, seed=a.seed, overwrite=a.overwrite)
+    print(format_summary(summarize(a.out)))
     print(f"demo dataset written to {a.out}")
     return 0
 
@@ -110,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("out", help="output folder (must not exist or be empty)")
     s.add_argument("--classes", help="comma-separated subset of the demo classes")
     s.add_argument("--n-train", type=int, default=60, help="normal training images per class")
+    s.add_argument("--n-test", type=int, default=20, help="normal and defective test images per class (each)")
     s.add_argument("--image-size", type=int, default=256, help="side of the written images")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--overwrite", action="store_true", help="replace an existing folder")
