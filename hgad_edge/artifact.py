@@ -13,6 +13,8 @@ FORMAT_VERSION = 1
 META = "model.json"
 WEIGHTS = "weights.safetensors"
 BACKBONE = "backbone.safetensors"
+# What the Detector reads from model.json besides format/format_version.
+REQUIRED_KEYS = ("model_config", "feature_shapes", "calibration", "files")
 
 
 class ArtifactError(ValueError):
@@ -70,8 +72,15 @@ def read_metadata(run_dir: str, verify: bool = True) -> Dict[str, Any]:
     if version != FORMAT_VERSION:
         raise ArtifactError(f"{path} has format version {version!r}; this hgad_edge reads version "
                             f"{FORMAT_VERSION} (re-export or upgrade hgad_edge)")
+    missing = [k for k in REQUIRED_KEYS if k not in meta]
+    files = meta.get("files")
+    if not isinstance(files, dict) or missing:
+        raise ArtifactError(f"{path} is incomplete: it lacks {missing or ['files']} (re-train or re-export the model)")
+    unlisted = [n for n in (WEIGHTS, BACKBONE) if n not in files]
+    if unlisted:  # an unlisted file would be loaded without its checksum
+        raise ArtifactError(f"{path} does not list {unlisted} under 'files' with a checksum")
     if verify:
-        for name, digest in meta.get("files", {}).items():
+        for name, digest in files.items():
             fp = os.path.join(run_dir, name)
             if not os.path.isfile(fp):
                 raise ArtifactError(f"{run_dir}: file {name} listed in {META} is missing")

@@ -24,10 +24,23 @@ def load_state_dict_file(path: str) -> Dict[str, torch.Tensor]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"weights file not found: {path}")
     if path.endswith(".safetensors"):
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(path)
-    sd = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            return load_file(path)
+        except SafetensorError as e:
+            raise ValueError(f"{path} is not a valid safetensors file ({e})") from e
+    import pickle
+
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:  # objects other than tensors are refused, never built
+        raise ValueError(f"refusing to load {path}: it is not a plain state dict of tensors (a pickle of other "
+                         "Python objects, or no torch file at all); nothing in it was run. Save the weights with "
+                         "safetensors or torch.save(model.state_dict())") from e
+    except (RuntimeError, EOFError) as e:
+        raise ValueError(f"{path} is not a readable torch state-dict file ({e})") from e
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
     if not isinstance(sd, dict):
