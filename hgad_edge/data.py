@@ -247,6 +247,38 @@ def split_calibration(samples: Sequence[Sample], fraction: float, seed: int = 0)
     return train, calib
 
 
+def _truncated_jpeg(path: str) -> bool:
+    """True for a JPEG whose scan data has no end-of-image marker.
+
+    OpenCV decodes a truncated JPEG without an error (libjpeg fills the missing rows with grey
+    and only prints "Premature end of JPEG file"), so it is checked here: walk the header
+    segments to the first start-of-scan, then look for the EOI marker after it. Byte stuffing
+    keeps ``FF D9`` out of the scan data; an EXIF thumbnail's own EOI sits inside a header
+    segment and is skipped. Non-JPEG files return False.
+    """
+    with open(path, "rb") as f:
+        if f.read(2) != b"\xff\xd8":
+            return False
+        buf = b"\xff\xd8" + f.read()
+    i = 2
+    while i + 4 <= len(buf):
+        if buf[i] != 0xFF:
+            return True  # the marker stream is broken
+        marker = buf[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+        elif marker == 0xD9:
+            return False
+        elif 0xD0 <= marker <= 0xD7 or marker == 0x01:  # markers without a length
+            i += 2
+        else:
+            length = int.from_bytes(buf[i + 2:i + 4], "big")
+            if marker == 0xDA:  # start of scan
+                return buf.find(b"\xff\xd9", i + 2 + length) == -1
+            i += 2 + length
+    return True
+
+
 def read_image(path: str) -> np.ndarray:
     """Read an image as BGR ``uint8`` (H, W, 3).
 
@@ -269,6 +301,8 @@ def read_image(path: str) -> np.ndarray:
     img = cv2.imread(path, cv2.IMREAD_UNCHANGED)
     if img is None or img.size == 0:
         raise ValueError(f"cannot read image {path!r}: corrupt or not a supported image file")
+    if _truncated_jpeg(path):
+        raise ValueError(f"image {path!r} is a truncated JPEG (no end-of-image marker): re-copy or remove it")
     if img.dtype == np.uint16:
         img = (img >> 8).astype(np.uint8)
     elif img.dtype != np.uint8:
@@ -306,7 +340,7 @@ def read_mask(path: Optional[str], shape_hw: Tuple[int, int]) -> np.ndarray:
         raise ValueError(f"mask file {path!r} does not exist (anomalous test images need "
                          f"<class>/ground_truth/<defect>/<stem>_mask.png)")
     m = cv2.imread(path, cv2.IMREAD_UNCHANGED)
-    if m is None or m.size == 0:
+    if m is None or m.size == 0 or _truncated_jpeg(path):
         raise ValueError(f"cannot read mask {path!r}: corrupt or not a supported image file")
     if m.ndim == 3:
         m = m[:, :, :3].max(axis=2) if m.shape[2] >= 3 else m[:, :, 0]
