@@ -219,3 +219,15 @@ def test_library_never_calls_an_unsafe_loader():
                     if not safe:
                         offenders.append(f"{os.path.relpath(path, REPO)}: {call}")
     assert not offenders, offenders
+
+
+@pytest.mark.xfail(strict=True, raises=RuntimeError,
+                   reason="detector._auto_backend turns the ArtifactError into a RuntimeError, which the CLI "
+                          "does not catch: a traceback instead of exit code 2")
+def test_cli_with_the_default_auto_backend_reports_a_damaged_artifact_cleanly(tiny_run, tmp_path):
+    run = _copy(tiny_run, tmp_path)
+    marker = str(tmp_path / "pwned")
+    _plant(os.path.join(run, artifact.WEIGHTS), marker)
+    _rechecksum(run)
+    assert cli_main(["predict", run, str(tmp_path / "part.png"), "--out", str(tmp_path / "o")]) == 2
+    assert not os.path.exists(marker)
