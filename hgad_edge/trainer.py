@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import _io, artifact, data
+from . import _io, artifact, data, distributed
 from ._backends import TorchBackend
 from .calibrate import calibrate_class
 from .config import ModelConfig, TrainConfig
@@ -68,9 +68,10 @@ def make_optimizer(model: HGAD, cfg: TrainConfig) -> torch.optim.Adam:
     ], betas=cfg.betas)
 
 
-def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
+def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int, start_step: int = 0):
     """Linear warm-up then cosine decay to 10 %. LambdaLR multiplies each group's *own* base rate,
-    so the centers keep their 3× (the official code overwrote every group with one rate)."""
+    so the centers keep their 3× (the official code overwrote every group with one rate).
+    ``start_step`` (resume) starts the schedule there, as if it had been stepped that often."""
     warm = max(1, cfg.warmup_epochs * steps_per_epoch)
     total = max(warm + 1, cfg.epochs * steps_per_epoch)
 
@@ -80,7 +81,10 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch
         t = (step - warm) / (total - warm)
         return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(t, 1.0)))
 
-    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    if start_step:  # LambdaLR resumes from each group's initial_lr (the base rate: opt is fresh)
+        for grp in opt.param_groups:
+            grp.setdefault("initial_lr", grp["lr"])
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor, last_epoch=start_step - 1)
 
 
 def _save_checkpoint(path: str, model: HGAD, opt: torch.optim.Optimizer, epoch: int, history: list,
@@ -124,11 +128,16 @@ def _train_dict(cfg: TrainConfig) -> dict:
 
 
 def train_epoch(model: HGAD, feats: List[torch.Tensor], labels: torch.Tensor, opt, sched, cfg: TrainConfig,
-                epoch: int, progress: bool) -> Dict[str, float]:
-    """One pass over the cached features in a (seed, epoch)-determined order."""
+                epoch: int, progress: bool, dist_info: Optional[distributed.DistInfo] = None,
+                n_total: Optional[int] = None) -> Dict[str, float]:
+    """One pass over the cached features in a (seed, epoch)-determined order.
+
+    Under ``torchrun`` (``dist_info``), ``feats``/``labels`` hold this rank's shard of the
+    ``n_total`` training images and each global batch is split across ranks (``hgad_edge.distributed``).
+    """
     model.flows.train()
     g = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
-    order = torch.randperm(labels.shape[0], generator=g)
+    order = torch.randperm(n_total or labels.shape[0], generator=g)
     stage2 = epoch >= cfg.stage1_epochs
     sums = dict.fromkeys(("loss",) + LOSS_NAMES, 0.0)
     batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
@@ -136,7 +145,12 @@ def train_epoch(model: HGAD, feats: List[torch.Tensor], labels: torch.Tensor, op
     for idx in bar:
         loss = 0.0
         parts = dict.fromkeys(LOSS_NAMES, 0.0)
-        for l, f in enumerate(feats):
+        weight = 1.0
+        if dist_info is not None:  # this rank's part of the global batch, weighted by its share
+            n_batch = idx.numel()
+            idx = distributed.local_part(idx, dist_info)
+            weight = idx.numel() / n_batch
+        for l, f in (enumerate(feats) if idx.numel() else ()):
             out = model.flow_level(l, f[idx])
             n = out.z.shape[1]
             y = labels[idx].repeat_interleave(n)  # (B·N,)
@@ -146,15 +160,22 @@ def train_epoch(model: HGAD, feats: List[torch.Tensor], labels: torch.Tensor, op
             for name, v in zip(LOSS_NAMES, terms):
                 parts[name] += v.item() / len(feats)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        if torch.is_tensor(loss):  # a torchrun rank may own no sample of a batch
+            loss.backward()
+        if dist_info is not None:
+            distributed.all_reduce_grads([p for grp in opt.param_groups for p in grp["params"]], weight)
         torch.nn.utils.clip_grad_norm_(model.flows.parameters(), 10.0)
         opt.step()
         sched.step()
-        sums["loss"] += loss.item()
+        value = loss.item() if torch.is_tensor(loss) else 0.0
+        sums["loss"] += value * weight
         for k, v in parts.items():
-            sums[k] += v
-        bar.set_postfix(loss=f"{loss.item():.3f}", g=f"{parts['g']:.3f}", mi=f"{parts['mi']:.3f}",
+            sums[k] += v * weight
+        bar.set_postfix(loss=f"{value:.3f}", g=f"{parts['g']:.3f}", mi=f"{parts['mi']:.3f}",
                         e=f"{parts['e']:.3f}", gi=f"{parts['g_intra']:.3f}", z=f"{parts['z']:.3f}")
+    if dist_info is not None:
+        total = distributed.all_reduce_sum(torch.tensor(list(sums.values()), dtype=torch.float64))
+        sums = dict(zip(sums, total.tolist()))
     return {k: v / len(batches) for k, v in sums.items()}
 
 
@@ -196,9 +217,20 @@ def write_artifact(out_dir: str, model: HGAD, model_cfg: ModelConfig, train_cfg:
 
 def train(data_root: str, out_dir: str, model_cfg: ModelConfig, train_cfg: TrainConfig, resume: bool = False,
           backbone_weights: Optional[str] = None, progress: bool = True) -> dict:
-    """Train one unified model on every class of ``model_cfg.class_names``; returns the metadata."""
+    """Train one unified model on every class of ``model_cfg.class_names``; returns the metadata.
+
+    Inside an initialised process group (``torchrun -m hgad_edge.train``) every rank caches its
+    shard only, gradients and feature statistics are all-reduced, and rank 0 alone shows progress,
+    writes checkpoints, calibrates and writes the artifact; every rank returns its metadata.
+    """
     samples = data.train_samples(data_root, model_cfg.class_names)
     fit_s, calib_s = data.split_calibration(samples, train_cfg.calib_fraction, train_cfg.seed)
+    info = distributed.current()
+    dist_info = info if info.enabled else None
+    if dist_info is not None:
+        if len(fit_s) < info.world:
+            raise ValueError(f"{len(fit_s)} training images cannot be shared by {info.world} processes")
+        progress = progress and info.is_main
     os.makedirs(out_dir, exist_ok=True)
     ckpt = os.path.join(out_dir, CHECKPOINT)
     if not resume and os.path.exists(os.path.join(out_dir, artifact.META)):
@@ -213,27 +245,36 @@ def train(data_root: str, out_dir: str, model_cfg: ModelConfig, train_cfg: Train
         log.info("resuming after epoch %d from %s", start, ckpt)
     elif resume:
         log.info("--resume: no checkpoint in %s yet, starting from scratch", out_dir)
-    sched = make_scheduler(opt, train_cfg, steps)
-    for _ in range(start * steps):  # fast-forward the schedule to where it stopped
-        sched.step()
-    labels = torch.tensor([s.class_index for s in fit_s])
-    images = load_images(fit_s, progress, "load train")
+    # Start the schedule where it stopped (replaying sched.step() before opt.step() warns).
+    sched = make_scheduler(opt, train_cfg, steps, start * steps)
+    mine = [fit_s[i] for i in distributed.shard(len(fit_s), info)]  # every image for one process
+    labels = torch.tensor([s.class_index for s in mine])
+    images = load_images(mine, progress, "load train")
     feats = cache_features(model, images, train_cfg.batch_size, progress)
-    if start == 0:
+    if start == 0 and dist_info is None:
         model.set_feature_stats(feats)
+    elif start == 0:
+        with torch.no_grad():
+            for l, (mean, std) in enumerate(distributed.feature_stats(feats)):
+                getattr(model, f"feat_mean_{l}").copy_(mean)
+                getattr(model, f"feat_std_{l}").copy_(std.clamp_min(1e-4))
     bar = tqdm(range(start, train_cfg.epochs), desc="train", disable=not progress, initial=start,
                total=train_cfg.epochs)
     for epoch in bar:
         if train_cfg.augment:
-            g = torch.Generator().manual_seed(train_cfg.seed * 7919 + epoch)
+            g = torch.Generator().manual_seed(train_cfg.seed * 7919 + epoch + 1000003 * info.rank)
             feats = cache_features(model, images, train_cfg.batch_size, False, augment=g)
-        stats = train_epoch(model, feats, labels, opt, sched, train_cfg, epoch, progress)
+        stats = train_epoch(model, feats, labels, opt, sched, train_cfg, epoch, progress, dist_info, len(fit_s))
         history.append({"epoch": epoch + 1, **{k: round(v, 6) for k, v in stats.items()}})
         bar.set_postfix(loss=f"{stats['loss']:.3f}", mi=f"{stats['mi']:.3f}", gi=f"{stats['g_intra']:.3f}")
-        _save_checkpoint(ckpt, model, opt, epoch + 1, history, model_cfg, train_cfg)
+        if info.is_main:
+            _save_checkpoint(ckpt, model, opt, epoch + 1, history, model_cfg, train_cfg)
+    if not info.is_main:  # rank 0 calibrates and writes the artifact
+        return distributed.broadcast_object(None)
     calib_images = load_images(calib_s, progress, "load calibration")
     calibration = calibrate_model(model, calib_images, [s.class_index for s in calib_s], model_cfg.class_names,
                                   train_cfg.batch_size, progress)
     extra = {"data": {"root": os.path.abspath(data_root), "n_train": len(fit_s), "n_calibration": len(calib_s),
                       "calibration_files": [os.path.relpath(s.path, data_root) for s in calib_s]}}
-    return write_artifact(out_dir, model, model_cfg, train_cfg, calibration, history, extra)
+    meta = write_artifact(out_dir, model, model_cfg, train_cfg, calibration, history, extra)
+    return distributed.broadcast_object(meta) if dist_info is not None else meta
