@@ -239,7 +239,7 @@ def _frames(draw):
     return arr
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                HealthCheck.too_slow])
 @given(f=_frames())
 def test_property_any_array_scores_finitely_or_raises_a_documented_error(det, f):
@@ -251,7 +251,7 @@ def test_property_any_array_scores_finitely_or_raises_a_documented_error(det, f)
     _check(r, f.shape[:2])
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(f=_frames())
 def test_property_validate_frame_returns_bgr_uint8_or_raises_value_error(f):
     try:
