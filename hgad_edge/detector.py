@@ -30,7 +30,10 @@ def load_model(run_dir: str, meta: Optional[dict] = None):
     model = HGAD(cfg, backbone_weights="none")
     model.backbone.body.load_state_dict(artifact.load_tensors(run_dir, artifact.BACKBONE))
     weights = {k: v for k, v in artifact.load_tensors(run_dir, artifact.WEIGHTS).items() if not k.startswith("gmm.")}
-    missing, unexpected = model.load_state_dict(weights, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+    except RuntimeError as e:  # shapes that do not fit the config in model.json
+        raise artifact.ArtifactError(f"{run_dir}: weights do not fit the model config: {e}") from e
     missing = [k for k in missing if not k.startswith("backbone.")]
     if missing or unexpected:
         raise artifact.ArtifactError(f"{run_dir}: weights do not match the model config "
@@ -62,6 +65,8 @@ def _auto_backend(run_dir: str, meta: dict, device: str, threads: Optional[int])
             backend = _make_backend(name, run_dir, meta, device, threads)
             log.info("backend auto → %s", name)
             return backend
+        except artifact.ArtifactError:
+            raise  # a damaged model is not a missing backend: say so, don't try the next one
         except (ImportError, RuntimeError, ValueError) as e:
             errors.append(f"{name}: {e}")
             log.info("backend %s not usable here: %s", name, e)
@@ -102,7 +107,11 @@ class Detector:
         gmm_arrays = artifact.load_tensors(model_dir, artifact.WEIGHTS)
         gmms = []
         for l in range(len(self.meta["feature_shapes"])):
-            arr = {k: gmm_arrays[f"gmm.{l}.{k}"].numpy() for k in ("mu", "log_pi_inter", "mu_intra", "log_pi_intra")}
+            keys = [f"gmm.{l}.{k}" for k in ("mu", "log_pi_inter", "mu_intra", "log_pi_intra")]
+            lacking = [k for k in keys if k not in gmm_arrays]
+            if lacking:
+                raise artifact.ArtifactError(f"{model_dir}: {artifact.WEIGHTS} lacks {lacking}")
+            arr = {k.split(".")[-1]: gmm_arrays[k].numpy() for k in keys}
             gmms.append(GaussianMixture(**arr, backend=gmm_backend))
         self.scorer = Scorer(self._backend, gmms, self.meta["feature_shapes"], self.image_size)
         cal = self.meta["calibration"]

@@ -102,10 +102,17 @@ def _save_checkpoint(path: str, model: HGAD, opt: torch.optim.Optimizer, epoch: 
 def _load_checkpoint(path: str, model: HGAD, opt: torch.optim.Optimizer, model_cfg: ModelConfig):
     from safetensors import safe_open
 
-    with safe_open(path, framework="pt") as f:
-        meta = f.metadata()
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    if json.loads(meta["model_config"]) != model_cfg.to_dict():
+    from safetensors import SafetensorError
+
+    try:
+        with safe_open(path, framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        saved_cfg = json.loads(meta["model_config"])
+    except (SafetensorError, OSError, KeyError, ValueError) as e:
+        raise ValueError(f"cannot resume from {path}: damaged or not a checkpoint ({e}); "
+                         "delete it to start again") from e
+    if saved_cfg != model_cfg.to_dict():
         raise ValueError(f"{path} was written for another model config; train into a new --out or drop --resume")
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=False)
     osd = opt.state_dict()
@@ -225,6 +232,13 @@ def train(data_root: str, out_dir: str, model_cfg: ModelConfig, train_cfg: Train
     """
     samples = data.train_samples(data_root, model_cfg.class_names)
     fit_s, calib_s = data.split_calibration(samples, train_cfg.calib_fraction, train_cfg.seed)
+    # Everything that could fail after training (a class without a held-out image, an unreadable
+    # calibration image) is checked now, before the first epoch is spent.
+    lacking = [c for c in model_cfg.class_names if not any(s.class_name == c for s in calib_s)]
+    if lacking:
+        raise ValueError(f"class(es) {lacking} have no held-out calibration image: each class needs at least "
+                         "2 train/good images (or raise --calib-fraction)")
+    calib_images = load_images(calib_s, progress, "load calibration")
     info = distributed.current()
     dist_info = info if info.enabled else None
     if dist_info is not None:
@@ -271,7 +285,6 @@ def train(data_root: str, out_dir: str, model_cfg: ModelConfig, train_cfg: Train
             _save_checkpoint(ckpt, model, opt, epoch + 1, history, model_cfg, train_cfg)
     if not info.is_main:  # rank 0 calibrates and writes the artifact
         return distributed.broadcast_object(None)
-    calib_images = load_images(calib_s, progress, "load calibration")
     calibration = calibrate_model(model, calib_images, [s.class_index for s in calib_s], model_cfg.class_names,
                                   train_cfg.batch_size, progress)
     extra = {"data": {"root": os.path.abspath(data_root), "n_train": len(fit_s), "n_calibration": len(calib_s),

@@ -181,9 +181,6 @@ def test_missing_backbone_and_not_a_directory(tiny_run, tmp_path):
         Detector(os.path.join(run, artifact.META), backend="torch")
 
 
-@pytest.mark.xfail(strict=True, raises=(RuntimeError, KeyError),
-                   reason="detector.load_model / Detector.__init__ pass torch's RuntimeError and a KeyError "
-                          "through for checksum-consistent weights of the wrong shape / without gmm arrays")
 @pytest.mark.parametrize("tamper", ["shape", "gmm key"])
 def test_checksum_consistent_but_wrong_weights_are_an_artifact_error(tiny_run, tmp_path, tamper):
     run = _copy(tiny_run, tmp_path)
@@ -221,9 +218,6 @@ def test_library_never_calls_an_unsafe_loader():
     assert not offenders, offenders
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError,
-                   reason="detector._auto_backend turns the ArtifactError into a RuntimeError, which the CLI "
-                          "does not catch: a traceback instead of exit code 2")
 def test_cli_with_the_default_auto_backend_reports_a_damaged_artifact_cleanly(tiny_run, tmp_path):
     run = _copy(tiny_run, tmp_path)
     marker = str(tmp_path / "pwned")

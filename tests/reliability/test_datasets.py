@@ -105,8 +105,6 @@ def test_empty_class_is_named_before_anything_is_written(root, tmp_path):
     assert _leftovers(out) == []
 
 
-@pytest.mark.xfail(strict=True, reason="trainer.train reads the calibration images (and finds a class without "
-                                       "any) only after the last epoch, leaving checkpoint.safetensors")
 @pytest.mark.parametrize("problem", ["corrupt calibration image", "one-image class"])
 def test_problems_found_only_at_calibration_are_found_before_training(root, tmp_path, problem):
     if problem == "corrupt calibration image":

@@ -179,8 +179,6 @@ def test_write_that_fails_part_way_keeps_the_previous_checkpoint(tiny_root, tiny
     _assert_same_model(out, tiny_run, tiny_root)
 
 
-@pytest.mark.xfail(strict=True, raises=SafetensorError,
-                   reason="trainer._load_checkpoint lets SafetensorError through (a traceback from the CLI)")
 def test_damaged_checkpoint_on_resume_is_a_value_error_naming_it(tiny_root, tmp_path):
     out = str(tmp_path / "run")
     os.makedirs(out)
