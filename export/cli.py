@@ -12,6 +12,8 @@ from .pipeline import FORMATS, PRECISIONS
 def _cmd_export(a: argparse.Namespace) -> int:
     from .pipeline import ExportConfig, export_model
 
+    if "triton" in (a.format or []):
+        return _cmd_export_triton(a)
     formats = tuple(dict.fromkeys(["onnx"] + list(a.format or [])))  # TensorRT builds from the ONNX graph
     cfg = ExportConfig(formats=formats, precisions=tuple(dict.fromkeys(a.precision or ["fp16"])),
                        full_graph=a.full_graph, opset=a.opset, calib_data=a.calib_data,
@@ -25,6 +27,21 @@ def _cmd_export(a: argparse.Namespace) -> int:
     for p, e in meta["exports"].get("tensorrt", {}).get("engines", {}).items():
         print(f"TensorRT {p}: {e['file']} for {e['gpu']} (sm {e['compute_capability']}, TensorRT {e['tensorrt']})")
     return 0 if val["status"] == "passed" else 1
+
+
+def _cmd_export_triton(a: argparse.Namespace) -> int:
+    """``--format triton``: a Triton model repository (``triton.export_triton``); with
+    ``--format tensorrt`` too, Triton's ONNX Runtime backend runs it through TensorRT."""
+    from .triton import export_triton
+
+    if not a.out:
+        raise ValueError("--format triton needs --out MODEL_REPO")
+    folder = export_triton(a.run_dir, a.out, name=a.model_name, max_batch=a.max_batch,
+                           instance_kind=a.instance_kind, instance_count=a.instance_count,
+                           accelerator="tensorrt" if "tensorrt" in a.format else "none",
+                           precision=(a.precision or ["fp16"])[0], opset=a.opset, overwrite=a.overwrite)
+    print(f"Triton model repository: {folder} (config.pbtxt, labels.txt, 1/model.onnx)")
+    return 0
 
 
 def _cmd_bench(a: argparse.Namespace) -> int:
@@ -47,8 +64,9 @@ def register(sub) -> None:
     s = sub.add_parser("export", formatter_class=fmt,
                        help="add ONNX graphs (folded flows) and TensorRT engines to a model directory")
     s.add_argument("run_dir", help="model directory written by `hgad-edge train`")
-    s.add_argument("--format", action="append", choices=FORMATS,
-                   help="repeatable; onnx is always written (TensorRT builds from it)")
+    s.add_argument("--format", action="append", choices=FORMATS + ("triton",),
+                   help="repeatable; onnx is always written (TensorRT builds from it); triton writes a "
+                        "Triton model repository into --out (with tensorrt: TensorRT accelerator)")
     s.add_argument("--precision", action="append", choices=PRECISIONS,
                    help="TensorRT engine precision, repeatable (default fp16)")
     s.add_argument("--full-graph", action="store_true",
@@ -59,6 +77,11 @@ def register(sub) -> None:
     s.add_argument("--calib-images", type=int, default=64, help="at most this many INT8 calibration images")
     s.add_argument("--max-batch", type=int, default=8, help="TensorRT optimization profile: batch 1..N")
     s.add_argument("--workspace-mb", type=int, default=1024, help="TensorRT builder workspace")
+    s.add_argument("--out", help="--format triton: the MODEL_REPO folder")
+    s.add_argument("--model-name", default="hgad_edge", help="--format triton: the model's folder in MODEL_REPO")
+    s.add_argument("--instance-kind", choices=("gpu", "cpu"), default="gpu", help="--format triton: instance group")
+    s.add_argument("--instance-count", type=int, default=1, help="--format triton: model instances per GPU / CPU")
+    s.add_argument("--overwrite", action="store_true", help="--format triton: replace an existing model folder")
     s.set_defaults(func=_cmd_export)
 
     s = sub.add_parser("bench", formatter_class=fmt,
