@@ -68,12 +68,6 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-# trainer.train fast-forwards the LR schedule with sched.step() before any optimizer.step(), and
-# torch warns about it from trainer.py (an error under pytest.ini); the resumed schedule itself is
-# right. Only the in-process resumes below need this; see tests/integration's test_resume_continues_exactly.
-_RESUME_WARNING = pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before:UserWarning")
-
-
 def _ckpt_epoch(run_dir: str) -> int:
     with safe_open(os.path.join(run_dir, CHECKPOINT), framework="pt") as f:
         return int(f.metadata()["epoch"])
@@ -126,7 +120,6 @@ def _assert_same_model(resumed: str, reference: str, data_root: str) -> None:
     assert abs(eb["routing_accuracy"] - ea["routing_accuracy"]) <= 0.01
 
 
-@_RESUME_WARNING
 def test_kill_9_mid_epoch_then_resume_matches_an_uninterrupted_run(tiny_root, tiny_run, tmp_path, caplog):
     out = str(tmp_path / "run")
     _kill_during("epoch", tiny_root, out, tmp_path, stall_epoch=1)
@@ -139,7 +132,6 @@ def test_kill_9_mid_epoch_then_resume_matches_an_uninterrupted_run(tiny_root, ti
     _assert_same_model(out, tiny_run, tiny_root)
 
 
-@_RESUME_WARNING
 def test_kill_9_mid_checkpoint_write_keeps_the_previous_checkpoint(tiny_root, tiny_run, tmp_path):
     out = str(tmp_path / "run")
     _kill_during("write", tiny_root, out, tmp_path, stall_epoch=1)
@@ -155,7 +147,6 @@ def test_kill_9_mid_checkpoint_write_keeps_the_previous_checkpoint(tiny_root, ti
     assert visible == sorted([artifact.META, artifact.WEIGHTS, artifact.BACKBONE, CHECKPOINT])
 
 
-@_RESUME_WARNING
 def test_write_that_fails_part_way_keeps_the_previous_checkpoint(tiny_root, tiny_run, tmp_path, monkeypatch):
     """In-process: the safetensors writer leaves half a file and raises (disk full)."""
     real = _io.save_file
