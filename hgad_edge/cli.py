@@ -46,7 +46,8 @@ def _cmd_train(a: argparse.Namespace) -> int:
     defaults = ModelConfig(class_names=classes)
     mcfg = ModelConfig(class_names=classes, backbone=a.backbone, image_size=a.image_size,
                        levels=a.levels or defaults.levels, coupling_blocks=a.coupling_blocks, n_intra=a.n_intra)
-    tcfg = TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, seed=a.seed, augment=a.augment,
+    tcfg = TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, lambda2=a.lambda_mi, seed=a.seed,
+                       augment=a.augment,
                        target_fpr=a.target_fpr, calib_fraction=a.calib_fraction)
     meta = train(a.data, a.out, mcfg, tcfg, resume=a.resume, backbone_weights=a.weights, progress=not a.quiet)
     last = meta["history"][-1] if meta["history"] else {}
@@ -132,7 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n-intra", type=int, default=d.n_intra, help="intra-class centers K per class")
     s.add_argument("--epochs", type=int, default=t.epochs)
     s.add_argument("--batch-size", type=int, default=t.batch_size)
-    s.add_argument("--lr", type=float, default=t.lr, help="flow learning rate (centers get 3×)")
+    s.add_argument("--lr", type=float, default=t.lr, help="flow learning rate (centers get 3×); official HGAD: 2e-4")
+    s.add_argument("--lambda-mi", type=float, default=t.lambda2,
+                   help="weight λ2 of the mutual-information loss; official HGAD: 100")
     s.add_argument("--seed", type=int, default=t.seed)
     s.add_argument("--target-fpr", type=float, default=t.target_fpr, help="default false-positive rate of thresholds")
     s.add_argument("--calib-fraction", type=float, default=t.calib_fraction,

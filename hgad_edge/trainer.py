@@ -30,6 +30,10 @@ from .scorer import Scorer
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.safetensors"
 LOSS_NAMES = ("g", "mi", "e", "g_intra", "z")
+# The map a new model scores with. Measured on the demo dataset (README "Accuracy"): the
+# log-likelihood map alone beat the official log-likelihood × entropy product by +0.04 image and
+# +0.08 pixel AUROC; all three stay selectable (Detector(combine=...)), calibrated for each.
+DEFAULT_COMBINE = "loglik"
 
 
 def seed_everything(seed: int) -> None:
@@ -215,7 +219,7 @@ def write_artifact(out_dir: str, model: HGAD, model_cfg: ModelConfig, train_cfg:
     _io.save_tensors(os.path.join(out_dir, artifact.WEIGHTS), weights)
     meta = {"model_config": model_cfg.to_dict(), "train_config": _train_dict(train_cfg),
             "feature_shapes": [list(s) for s in model.feature_shapes], "dims": model.dims,
-            "calibration": calibration, "target_fpr": train_cfg.target_fpr, "combine": "product",
+            "calibration": calibration, "target_fpr": train_cfg.target_fpr, "combine": DEFAULT_COMBINE,
             "history": history, "versions": artifact.library_versions(),
             "files": {artifact.BACKBONE: "", artifact.WEIGHTS: ""}, **(extra or {})}
     artifact.write_metadata(out_dir, meta)
