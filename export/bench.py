@@ -64,8 +64,7 @@ def _candidates(run_dir: str, meta: dict) -> List[tuple]:
         if p in engines:
             rows.append(("tensorrt", p, [engines[p]["file"]], ""))
         else:
-            rows.append(("tensorrt", p, [], "no engine: hgad-edge export RUN_DIR --format tensorrt "
-                                            f"--precision {p} (on the target GPU)"))
+            rows.append(("tensorrt", p, [], f"no engine: hgad-edge export RUN_DIR --format tensorrt --precision {p}"))
     return rows
 
 
@@ -80,7 +79,7 @@ def _unavailable_reason(backend: str, device: str) -> str:
         try:
             import tensorrt  # noqa: F401
         except ImportError:
-            return "tensorrt not installed (pip install hgad_edge[tensorrt]; needs an NVIDIA GPU)"
+            return "tensorrt not installed: pip install hgad_edge[tensorrt] on an NVIDIA GPU"
         if not device.startswith("cuda"):
             return "TensorRT runs on a GPU: pass --device cuda"
     return ""
@@ -130,7 +129,7 @@ def run_bench(run_dir: str, data_root: str, device: str = "cpu", threads: Option
     for backend, precision, files, missing in _candidates(run_dir, meta):
         row = BenchRow(backend, precision)
         rows.append(row)
-        reason = missing or _unavailable_reason(backend, device)
+        reason = _unavailable_reason(backend, device) or missing
         if reason:
             row.status, row.reason = UNAVAILABLE, reason
             continue
