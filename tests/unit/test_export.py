@@ -281,3 +281,33 @@ def test_weak_typing_by_version():
     assert trt_compat.has_weak_typing("10.3.0.26")
     assert not trt_compat.has_weak_typing("11.4.1")
     assert trt_compat.version_tuple("10.13.0.35") == (10, 13, 0, 35)
+
+
+# ----------------------------------------------------------------------------- export config
+def test_export_config_names_the_valid_options():
+    from hgad_edge.export.pipeline import ExportConfig
+
+    with pytest.raises(ValueError, match="onnx"):
+        ExportConfig(formats=("openvino",))
+    with pytest.raises(ValueError, match="fp16"):
+        ExportConfig(precisions=("fp8",))
+    with pytest.raises(ValueError, match="max_batch"):
+        ExportConfig(max_batch=0)
+
+
+def test_calibration_images_from_artifact_or_folder(tmp_path):
+    import cv2
+
+    from hgad_edge.export.pipeline import calibration_images
+
+    (tmp_path / "a" / "good").mkdir(parents=True)
+    for i in range(3):
+        cv2.imwrite(str(tmp_path / "a" / "good" / f"{i}.png"), np.zeros((4, 4, 3), np.uint8))
+    meta = {"data": {"root": str(tmp_path), "calibration_files": ["a/good/0.png", "a/good/1.png", "gone.png"]}}
+    assert [p.rsplit("/", 1)[-1] for p in calibration_images(meta)] == ["0.png", "1.png"]  # missing ones dropped
+    assert len(calibration_images(meta, override=str(tmp_path), limit=2)) == 2
+    with pytest.raises(FileNotFoundError):
+        calibration_images(meta, override=str(tmp_path / "nope"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no images"):
+        calibration_images(meta, override=str(tmp_path / "empty"))
