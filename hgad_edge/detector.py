@@ -11,6 +11,7 @@ import numpy as np
 from . import artifact
 from .calibrate import threshold as quantile_threshold
 from .gmm import GaussianMixture
+from .preprocess import to_bgr
 from .postprocess import COMBINE_MODES, Normalizer, anomaly_map, calibrated_score
 from .result import Result
 from .scorer import FrameRaw, Scorer
@@ -85,6 +86,7 @@ class Detector:
         device: "cpu" or "cuda".
         threads: intra-op threads of the backend (default: the library's choice).
         gmm_backend: "auto" (native kernel when built), "native" or "numpy".
+        channel_order: "bgr" (OpenCV, default) or "rgb" (PIL, imageio, most camera SDKs).
 
     Example:
         >>> det = Detector("runs/demo")
@@ -94,7 +96,9 @@ class Detector:
 
     def __init__(self, model_dir: str, backend: str = "auto", target_fpr: Optional[float] = None,
                  combine: Optional[str] = None, device: str = "cpu", threads: Optional[int] = None,
-                 gmm_backend: str = "auto"):
+                 gmm_backend: str = "auto", channel_order: str = "bgr"):
+        to_bgr(np.zeros((1, 1, 3), np.uint8), channel_order)  # validates the name
+        self.channel_order = channel_order
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
         self.model_dir = model_dir
@@ -153,6 +157,8 @@ class Detector:
             raise ValueError(f"{len(frames)} frames but {len(class_names)} class names")
         if len(frames) == 0:
             return []
+        if self.channel_order != "bgr":
+            frames = [to_bgr(f, self.channel_order) for f in frames]
         idx = [self.class_index(c) for c in class_names]
         raws, timings = self.scorer.raw(frames, idx)
         results = []

@@ -6,6 +6,7 @@ every epoch's shuffle is seeded by (seed, epoch), ends exactly where an uninterr
 """
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import math
@@ -258,6 +259,8 @@ def train(data_root: str, out_dir: str, model_cfg: ModelConfig, train_cfg: Train
     opt = make_optimizer(model, train_cfg)
     steps = math.ceil(len(fit_s) / train_cfg.batch_size)
     start, history = 0, []
+    for stale in glob.glob(os.path.join(out_dir, "." + CHECKPOINT + ".*.tmp")):
+        os.unlink(stale)  # a write that was killed midway; the previous checkpoint is intact
     if resume and os.path.exists(ckpt):
         start, history = _load_checkpoint(ckpt, model, opt, model_cfg)
         log.info("resuming after epoch %d from %s", start, ckpt)

@@ -73,14 +73,19 @@ def test_score_of_a_frame_does_not_depend_on_its_batch(det, demo_root):
         np.testing.assert_allclose(b.anomaly_map, a.anomaly_map, rtol=1e-4, atol=1e-5)
 
 
-def test_target_fpr_moves_the_threshold(trained_run, demo_root):
+def test_target_fpr_moves_the_threshold(trained_run):
+    from hgad_edge.calibrate import threshold
+
     d = Detector(trained_run, backend="torch", target_fpr=0.99)
-    t_loose = [t for t, _ in d.thresholds]
+    cal = d.meta["calibration"]
+    assert d.thresholds == [threshold(cal[c]["scores"][d.combine], 0.99) for c in d.class_names]
     d.set_target_fpr(0.01)
-    t_strict = [t for t, _ in d.thresholds]
-    assert all(s >= l for s, l in zip(t_strict, t_loose)) and t_strict != t_loose
+    assert d.thresholds == [threshold(cal[c]["scores"][d.combine], 0.01) for c in d.class_names]
     with pytest.raises(ValueError, match="target_fpr"):
         d.set_target_fpr(1.5)
+    scores = list(np.linspace(0.0, 1.0, 101))
+    assert threshold(scores, 0.5)[0] == pytest.approx(0.5) and threshold(scores, 0.01)[0] == pytest.approx(0.99)
+    assert threshold(scores, 0.5)[0] < threshold(scores, 0.1)[0] < threshold(scores, 0.01)[0]
 
 
 def test_modified_missing_and_unknown_version_artifacts(trained_run, tmp_path):
@@ -162,3 +167,12 @@ def test_cli_eval_and_predict(trained_run, demo_root, tmp_path, capsys):
 def test_cli_errors_are_messages_not_tracebacks(tmp_path, capsys):
     assert cli_main(["eval", str(tmp_path), "--data", str(tmp_path), "--quiet"]) == 2
     assert "error" in capsys.readouterr().err
+
+
+def test_rgb_channel_order_equals_bgr_input(trained_run, det, demo_root):
+    _, frames = _test_frames(demo_root, 1)
+    rgb = Detector(trained_run, backend="torch", channel_order="rgb")
+    a, b = det(frames[0]), rgb(np.ascontiguousarray(frames[0][:, :, ::-1]))
+    assert b.raw_score == pytest.approx(a.raw_score, rel=1e-6)
+    with pytest.raises(ValueError, match="rgb"):
+        Detector(trained_run, backend="torch", channel_order="hsv")
