@@ -102,6 +102,11 @@ def export_model(run_dir: str, cfg: ExportConfig) -> dict:
 
     from .onnx_export import export_onnx, validate_network
 
+    if "tensorrt" in cfg.formats:  # fail before the ONNX export when TensorRT cannot run here
+        from . import trt_compat
+
+        trt_compat.import_tensorrt()
+        trt_compat.import_pycuda()
     meta = artifact.read_metadata(run_dir)
     model = load_model(run_dir, meta)
     size = int(meta["model_config"]["image_size"])
