@@ -97,11 +97,13 @@ class FeatureExtractor(nn.Module):
             (tests only), or a path to a safetensors / state-dict file.
     """
 
-    def __init__(self, name: str, levels: Sequence[Tuple[int, float]], weights: Optional[str] = None):
+    def __init__(self, name: str, levels: Sequence[Tuple[int, float]], weights: Optional[str] = None,
+                 pad: int = 0):
         super().__init__()
         import timm
 
         self.levels = [(int(s), float(r)) for s, r in levels]
+        self.pad = int(pad)
         stages = sorted({s for s, _ in self.levels})
         try:
             self.body = timm.create_model(name, pretrained=False, features_only=True, out_indices=stages)
@@ -117,6 +119,11 @@ class FeatureExtractor(nn.Module):
             if missing:
                 raise ValueError(f"weights for {name} lack {len(missing)} tensors, e.g. {missing[:3]}")
             self.body.load_state_dict({k: sd[k] for k in own})
+        if self.pad:
+            for (s, r), red in zip(self.levels, self.reductions):
+                if (self.pad * r) % red:
+                    raise ValueError(f"pad={self.pad} px at scale {r} is not a whole number of stride-{red} cells "
+                                     f"of level {s}@{r:g}; use a multiple of {int(red / r)}")
         self.requires_grad_(False)
         self.eval()
 
@@ -127,9 +134,19 @@ class FeatureExtractor(nn.Module):
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> List[torch.Tensor]:
         """images (B, 3, S, S) normalised → list of (B, D_l, h_l, w_l), one per level."""
+        if self.pad:
+            # Reflect-pad, then crop the padded cells off each map: the CNN's zero padding makes the
+            # outer ring of feature cells unlike any interior cell, a source of false alarms.
+            p = self.pad
+            images = F.pad(images, (p, p, p, p), mode="reflect")
         by_scale: Dict[float, List[torch.Tensor]] = {}
         for scale in sorted({r for _, r in self.levels}, reverse=True):
             x = images if scale == 1.0 else F.interpolate(
                 images, scale_factor=scale, mode="bilinear", align_corners=False, recompute_scale_factor=False)
             by_scale[scale] = self.body(x)
-        return [by_scale[r][self.stages.index(s)] for s, r in self.levels]
+        out = []
+        for (s, r), red in zip(self.levels, self.reductions):
+            f = by_scale[r][self.stages.index(s)]
+            c = int(self.pad * r) // red
+            out.append(f[:, :, c:f.shape[2] - c, c:f.shape[3] - c] if c else f)
+        return out

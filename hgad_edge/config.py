@@ -25,6 +25,8 @@ class ModelConfig:
         hidden_ratio: width of the coupling subnet relative to its input.
         n_intra: K, intra-class mixed centers per class.
         center_scale: value written into each class's identity block of the initial centers.
+        pad: reflect padding (pixels at scale 1) added before the backbone and cropped off the
+            feature maps afterwards; 0 = none.
     """
 
     class_names: Tuple[str, ...]
@@ -37,6 +39,7 @@ class ModelConfig:
     hidden_ratio: float = 2.0
     n_intra: int = 10
     center_scale: float = 1.0
+    pad: int = 0
 
     def to_dict(self) -> Dict[str, Any]:
         d = dataclasses.asdict(self)
