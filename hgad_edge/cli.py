@@ -45,7 +45,8 @@ def _cmd_train(a: argparse.Namespace) -> int:
     classes = data.resolve_classes(a.data, a.classes)
     defaults = ModelConfig(class_names=classes)
     mcfg = ModelConfig(class_names=classes, backbone=a.backbone, image_size=a.image_size,
-                       levels=a.levels or defaults.levels, coupling_blocks=a.coupling_blocks, n_intra=a.n_intra)
+                       levels=a.levels or defaults.levels, coupling_blocks=a.coupling_blocks, n_intra=a.n_intra,
+                       pad=a.pad)
     tcfg = TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, lambda2=a.lambda_mi, seed=a.seed,
                        augment=a.augment,
                        target_fpr=a.target_fpr, calib_fraction=a.calib_fraction)
@@ -129,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--weights", help="backbone weights file (safetensors or state dict) for other backbones")
     s.add_argument("--levels", type=_parse_levels, default=None,
                    help="feature levels as stage@scale, default " + ",".join(f"{a}@{b:g}" for a, b in d.levels))
+    s.add_argument("--pad", type=int, default=d.pad,
+                   help="reflect padding in pixels before the backbone, cropped off the feature maps "
+                        "(a multiple of stride/scale of every level, e.g. 64 for the default levels)")
     s.add_argument("--coupling-blocks", type=int, default=d.coupling_blocks)
     s.add_argument("--n-intra", type=int, default=d.n_intra, help="intra-class centers K per class")
     s.add_argument("--epochs", type=int, default=t.epochs)

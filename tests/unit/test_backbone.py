@@ -58,3 +58,18 @@ def test_user_weights_file_safetensors(tmp_path):
     fx2 = FeatureExtractor("efficientnet_lite0", [(2, 1.0)], weights=str(tmp_path / "w.safetensors"))
     k = next(iter(sd))
     assert torch.equal(fx2.body.state_dict()[k], sd[k])
+
+
+def test_reflect_padding_is_cropped_back_to_the_unpadded_grid():
+    levels = [(3, 1.0), (3, 0.5), (3, 0.25)]
+    plain = FeatureExtractor("efficientnet_lite0", levels)
+    padded = FeatureExtractor("efficientnet_lite0", levels, pad=64)
+    x = torch.from_numpy(preprocess([np.ascontiguousarray(skimage.data.coffee()[:, :, ::-1])], 256))
+    a, b = plain(x), padded(x)
+    assert [t.shape for t in a] == [t.shape for t in b]
+    # interior cells see (almost) the same context, border cells differ: padding changed the border only
+    inner = (a[0][..., 3:-3, 3:-3] - b[0][..., 3:-3, 3:-3]).abs().mean()
+    border = (a[0][..., 0, :] - b[0][..., 0, :]).abs().mean()
+    assert border > 1.5 * inner
+    with pytest.raises(ValueError, match="multiple of 64"):
+        FeatureExtractor("efficientnet_lite0", levels, weights="none", pad=32)
