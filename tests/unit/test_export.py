@@ -311,3 +311,22 @@ def test_calibration_images_from_artifact_or_folder(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no images"):
         calibration_images(meta, override=str(tmp_path / "empty"))
+
+
+def test_export_with_reflect_padding(tmp_path):
+    """The backbone's optional reflect padding and feature crop go into the graph too."""
+    from hgad_edge.export.onnx_export import export_onnx
+    from hgad_edge.export.runtime import make_session
+
+    np.random.seed(1)
+    cfg = ModelConfig(class_names=("a", "b"), image_size=64, coupling_blocks=2, n_intra=3, pos_dim=32,
+                      levels=((3, 1.0), (3, 0.5)), pad=32)
+    model = _perturb(HGAD(cfg, backbone_weights="none"), seed=1)
+    export_onnx(model, str(tmp_path))
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    outs = make_session(str(tmp_path / "model.onnx"), threads=1).run(None, {"image": x.numpy()})
+    with torch.no_grad():
+        ref = model(x)
+    for l, r in enumerate(ref):
+        np.testing.assert_allclose(outs[2 * l], r.z.numpy(), rtol=0, atol=1e-5 * float(r.z.abs().max()))
+        np.testing.assert_allclose(outs[2 * l + 1], r.logdet.numpy(), rtol=0, atol=1e-5 * float(r.logdet.abs().max()))
