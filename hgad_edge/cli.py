@@ -83,9 +83,9 @@ def _cmd_predict(a: argparse.Namespace) -> int:
     for path in a.images:
         frame = data.read_image(path)
         r = det(frame, class_name=a.class_name)
-        name = os.path.splitext(os.path.basename(path))[0]
-        parent = os.path.basename(os.path.dirname(path))
-        out_path = os.path.join(a.out, f"{parent}_{name}_overlay.png")
+        # class/test/defect/000.png → class_defect_000: names stay unique across classes
+        parts = [p for p in os.path.normpath(os.path.splitext(path)[0]).split(os.sep)[-4:] if p not in ("test", "..", ".")]
+        out_path = os.path.join(a.out, "_".join(parts[-3:]) + "_overlay.png")
         ok, buf = cv2.imencode(".png", draw_overlay(frame, r))
         if not ok:
             raise RuntimeError(f"could not encode overlay for {path}")
