@@ -1,0 +1,146 @@
+"""The whole latency suite in one command: writes benchmarks/RESULTS.md, the plots, and the
+README headline section docs/benchmarks.md.
+
+1. latency.py — every backend (+ the torch@1 / onnxruntime+gmm@1 rows that show thread
+   contention), batch 1 and 8, the official-style row, the roofline line, the ONNX Runtime
+   per-op profile and the settings that were tried;
+2. scaling.py — image size, classes, K, coupling blocks (ONNX Runtime and official-style);
+3. the reports.
+
+Synthetic models are built once into ``--cache`` and reused (weights do not change latency).
+
+    python benchmarks/run_all.py                    # ~10 min on 2 cores (less with a warm cache)
+    python benchmarks/run_all.py --frames 50 --scaling-frames 15   # a quick look
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import _common as C  # noqa: E402
+
+THREADS = C.threads_from_argv(2)
+
+import latency  # noqa: E402
+import scaling  # noqa: E402
+
+ROOT = os.path.dirname(HERE)
+
+
+def wait_for_quiet(max_load: float, wait_s: float) -> None:
+    """Poll the 1-minute load average for up to ``wait_s`` seconds until it is <= ``max_load``."""
+    t0 = time.time()
+    while C.load_average()[0] > max_load and time.time() - t0 < wait_s:
+        print(f"  load {C.load_average()[0]:.1f} > {max_load}: waiting …", file=sys.stderr, flush=True)
+        time.sleep(min(30.0, max(1.0, wait_s - (time.time() - t0))))
+
+
+def headline(lat: dict) -> str:
+    """The README table: ONNX Runtime vs torch vs official-style per stage, batch 1."""
+    rows = {r["backend"]: r for r in lat["rows"] if "batches" in r}
+    ref = rows.get("official-style")
+    roof = {r["backend"]: r for r in lat["roofline"]}
+    stages = C.STAGES
+    lines = ["| backend | " + " | ".join(stages) + " | FPS | vs official-style | % of SGEMM peak |",
+             "|---|" + "---:|" * (len(stages) + 3)]
+    for name in ("onnxruntime", "torch", "official-style"):
+        r = rows.get(name)
+        if r is None:
+            continue
+        st = r["batches"]["1"]["stages"]
+        speed = (f"{ref['batches']['1']['stages']['total']['median'] / st['total']['median']:.1f}×"
+                 if ref is not None else "-")
+        pct = f"{roof[name]['pct_peak_best']:.0f} %" if name in roof else "-"
+        lines.append(f"| {name} | " + " | ".join(C.fmt(st[k]["median"]) for k in stages)
+                     + f" | {r['batches']['1']['fps']:.1f} | {speed} | {pct} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=2, help="threads of every library (default 2)")
+    ap.add_argument("--frames", type=int, default=200, help="latency: timed frames per backend and batch")
+    ap.add_argument("--scaling-frames", type=int, default=30, help="scaling: timed frames per point and backend")
+    ap.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "hgad_edge_bench"),
+                    help="where synthetic models are built and reused")
+    ap.add_argument("--out", default=os.path.join(HERE, "RESULTS.md"), help="the report")
+    ap.add_argument("--plots", default=os.path.join(HERE, "plots"), help="folder for the PNG plots")
+    ap.add_argument("--docs", default=os.path.join(ROOT, "docs", "benchmarks.md"), help="the README section")
+    ap.add_argument("--json", default=None, help="also write every number as JSON here")
+    ap.add_argument("--max-load", type=float, default=3.0, help="wait for the 1-min load average to drop to this")
+    ap.add_argument("--wait", type=float, default=0.0, help="…for at most this many seconds (default: do not wait)")
+    a = ap.parse_args(argv)
+    command = "python benchmarks/run_all.py" + "".join(f" {x}" for x in (argv if argv is not None else sys.argv[1:]))
+    wait_for_quiet(a.max_load, a.wait)
+    t0 = time.time()
+    load0 = [round(x, 2) for x in C.load_average()]
+    print(f"load average {load0}; building models in {a.cache} …", file=sys.stderr, flush=True)
+    C.model_dir(a.cache, **C.DEFAULTS)
+    t_build = time.time() - t0
+    lat = latency.run(None, a.threads, a.frames, 20, (1, 8),
+                      list(latency.BACKENDS) + list(latency.VARIANTS), True, a.cache)
+    t_lat = time.time() - t0
+    sc = scaling.run(a.threads, a.scaling_frames, 3, a.cache, backends=("onnxruntime", "official-style"))
+    rel = os.path.relpath(a.plots, os.path.dirname(os.path.abspath(a.out)))
+    sc["plots"] = [os.path.join(rel, os.path.basename(p)) for p in scaling.plots(sc, a.plots)]
+    wall = time.time() - t0
+    load1 = [round(x, 2) for x in C.load_average()]
+    head = headline(lat)
+    pk = lat["sgemm"]
+    ort_roof = next((r for r in lat["roofline"] if r["backend"] == "onnxruntime"), None)
+    md = [
+        "# hgad_edge latency benchmarks", "",
+        f"Generated by `{command}` (threads {a.threads}) in {wall / 60:.1f} min "
+        f"(default model build {t_build:.0f} s — cached in `{a.cache}` after the first run; latency "
+        f"{(t_lat - t_build) / 60:.1f} min; scaling {(wall - t_lat) / 60:.1f} min incl. {sc['build_s']:.0f} s of model "
+        f"builds).", "",
+        f"**Load average** (1/5/15 min) at the start {load0[0]} / {load0[1]} / {load0[2]}, at the end "
+        f"{load1[0]} / {load1[1]} / {load1[2]} on {lat['machine']['cores']} cores shared with other jobs: medians "
+        "are the numbers to read; p90/p99 mostly measure the neighbours.", "",
+        "## Headline — 256², batch 1, median ms per frame", "", head, "",
+        f"% of SGEMM peak: backbone + flow FLOPs that backend executes, best frame over the best of "
+        f"{pk['reps']} {pk['n']}³ SGEMM runs ({pk['peak']:.1f} GFLOP/s). See the roofline section.", "",
+        latency.report(lat), "",
+        "## Scaling (batch 1, median ms per frame)", "",
+        f"{sc['frames']} timed frames per point after 3 warm-up frames; one parameter varies around the "
+        f"default ({C.DEFAULTS}); load average {sc['load_average_start']} → {sc['load_average_end']}.", "",
+        scaling.tables(sc), "",
+        *[f"![{os.path.basename(p)}]({p})" for p in sc["plots"]], "",
+    ]
+    with open(a.out, "w", encoding="utf-8") as f:
+        f.write("\n".join(md))
+    docs = [
+        "## Latency", "",
+        f"One synthetic model at the default settings (256², EfficientNet-Lite0, 3 levels, 15 classes, K = 10, "
+        f"8 coupling blocks), batch 1, {a.threads} threads on {lat['machine']['cpu']} "
+        f"({lat['machine']['cores']} cores, load average {load0[0]} — a shared machine). Median ms per frame:", "",
+        head, "",
+        "`official-style` is the official HGAD pipeline at the same settings, measured in the same run: eager "
+        "PyTorch, unfolded FrEIA flows, the official Gaussian-mixture formula over every class, "
+        "torchvision/scipy pre- and postprocessing.",
+    ]
+    if ort_roof:
+        docs += ["", f"ONNX Runtime runs the backbone + flows at {ort_roof['gflops_best']:.0f} GFLOP/s on its best "
+                 f"frame, {ort_roof['pct_peak_best']:.0f} % of the measured SGEMM peak ({pk['peak']:.0f} GFLOP/s)."]
+    docs += ["", f"Produced by `{command}`; the full tables (batch 8, p90/p99, scaling with image size, classes, "
+             "K and coupling blocks, the ONNX Runtime profile) are in "
+             "[benchmarks/RESULTS.md](../benchmarks/RESULTS.md).", ""]
+    os.makedirs(os.path.dirname(os.path.abspath(a.docs)), exist_ok=True)
+    with open(a.docs, "w", encoding="utf-8") as f:
+        f.write("\n".join(docs))
+    if a.json:
+        with open(a.json, "w", encoding="utf-8") as f:
+            json.dump({"latency": lat, "scaling": sc}, f, indent=1)
+    print("\n".join(md[:12]))
+    print(f"wrote {a.out}, {a.docs}, {len(sc['plots'])} plots ({wall / 60:.1f} min)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
