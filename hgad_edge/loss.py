@@ -40,7 +40,7 @@ def hgad_losses(z: torch.Tensor, logdet: torch.Tensor, y: torch.Tensor, prior: M
     dist = squared_distances(z, prior.mu)  # (M, C)
     logits = -0.5 * dist + log_pi  # (M, C)
     l_g = ((-torch.logsumexp(logits, 1) - logdet) / d).mean()
-    target = F.one_hot(y, n_classes).float() * (1 - label_smoothing) + label_smoothing / n_classes  # (M, C)
+    target = F.one_hot(y, n_classes).to(z.dtype) * (1 - label_smoothing) + label_smoothing / n_classes  # (M, C)
     l_mi = (target * (F.log_softmax(logits, 1) - log_pi.detach())).sum(1).mean()
     p = F.softmax(-0.5 * dist, 1)  # (M, C)
     l_e = -(p * F.log_softmax(-0.5 * dist, 1)).sum(1).mean()

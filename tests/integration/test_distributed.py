@@ -91,8 +91,9 @@ def test_loss_goes_down(ddp_run):
     h = artifact.read_metadata(ddp_run)["history"]
     assert len(h) == 3
     loss = [e["loss"] for e in h]
-    assert loss[0] > loss[1] > loss[2], loss
-    assert h[-1]["g_intra"] < h[0]["g_intra"] and h[-1]["mi"] > h[0]["mi"]  # −λ2·L_mi dominates the loss
+    # Epoch 1 is stage 1 (stage1_epochs=1); stage 2 adds L_g_intra + L_z, so compare totals within a stage.
+    assert loss[1] > loss[2], loss
+    assert h[-1]["g_intra"] < h[0]["g_intra"] and h[-1]["mi"] > h[0]["mi"]
 
 
 def test_matches_single_process_run(ddp_run, trained_run, demo_root):
