@@ -66,7 +66,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2, help="threads of every library (default 2)")
     ap.add_argument("--frames", type=int, default=200, help="latency: timed frames per backend and batch")
-    ap.add_argument("--scaling-frames", type=int, default=30, help="scaling: timed frames per point and backend")
+    ap.add_argument("--scaling-frames", type=int, default=25, help="scaling: timed frames per point and backend")
     ap.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "hgad_edge_bench"),
                     help="where synthetic models are built and reused")
     ap.add_argument("--out", default=os.path.join(HERE, "RESULTS.md"), help="the report")
@@ -103,9 +103,13 @@ def main(argv=None) -> int:
         f"**Load average** (1/5/15 min) at the start {load0[0]} / {load0[1]} / {load0[2]}, at the end "
         f"{load1[0]} / {load1[1]} / {load1[2]} on {lat['machine']['cores']} cores shared with other jobs: medians "
         "are the numbers to read; p90/p99 mostly measure the neighbours.", "",
+        "Rows `torch@1` (eager torch on 1 thread) and `onnxruntime+gmm@1` (the GMM kernel on 1 OpenMP thread, "
+        "ONNX Runtime on 2) show what thread contention costs: on a loaded box two 2-thread pools (torch's or ONNX "
+        "Runtime's and the GMM kernel's OpenMP) wait on each other's descheduled threads, and the 2-thread rows "
+        "lose to the 1-thread ones.", "",
         "## Headline — 256², batch 1, median ms per frame", "", head, "",
         f"% of SGEMM peak: backbone + flow FLOPs that backend executes, best frame over the best of "
-        f"{pk['reps']} {pk['n']}³ SGEMM runs ({pk['peak']:.1f} GFLOP/s). See the roofline section.", "",
+        f"n³ SGEMM runs, n = {pk['n']}, in numpy, torch and ONNX Runtime ({pk['peak']:.1f} GFLOP/s). See the roofline section.", "",
         latency.report(lat), "",
         "## Scaling (batch 1, median ms per frame)", "",
         f"{sc['frames']} timed frames per point after 3 warm-up frames; one parameter varies around the "
