@@ -28,15 +28,7 @@ import sys
 import time
 
 
-def _threads_from_argv() -> None:
-    """--threads must act before numpy/torch/OpenMP start their pools."""
-    if "--threads" in sys.argv[:-1]:
-        n = sys.argv[sys.argv.index("--threads") + 1]
-        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-            os.environ[var] = n
-
-
-_threads_from_argv()
+import _threads  # noqa: E402,F401  (applies --threads before numpy/torch load)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402

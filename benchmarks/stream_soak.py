@@ -23,9 +23,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from stream_fps import _threads_from_argv, demo_model  # noqa: E402
-
-_threads_from_argv()
+import _threads  # noqa: E402,F401  (applies --threads before numpy/torch load)
+from stream_fps import demo_model  # noqa: E402
 
 import numpy as np  # noqa: E402
 
