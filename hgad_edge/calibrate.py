@@ -5,6 +5,7 @@ scores of held-out normal images of that class, and can be moved at load time.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
@@ -14,7 +15,8 @@ from .scorer import FrameRaw
 
 
 def fit_normalizer(raws: Sequence[FrameRaw], image_size: int) -> Normalizer:
-    """Per-level maxima/minima over normal frames, then the maxima of the summed maps."""
+    """Per-level maxima/minima over normal frames, then the maxima of the summed maps; per level
+    also the mean log-likelihood at each position and its spread (std over frames and positions)."""
     if not raws:
         raise ValueError("calibration needs at least one normal image per class")
     n_levels = len(raws[0].logp)
@@ -22,11 +24,26 @@ def fit_normalizer(raws: Sequence[FrameRaw], image_size: int) -> Normalizer:
     ent_min = [min(float(r.entropy[l].min()) for r in raws) for l in range(n_levels)]
     provisional = Normalizer(ll_max, ent_min, 0.0, 0.0)
     sums = [normality_sums(r.logp, r.entropy, provisional, image_size) for r in raws]
-    return Normalizer(ll_max, ent_min, max(float(s[0].max()) for s in sums), max(float(s[1].max()) for s in sums))
+    stacks = [np.stack([r.logp[l] for r in raws]).astype(np.float64) for l in range(n_levels)]  # (n, h, w)
+    return Normalizer(ll_max, ent_min, max(float(s[0].max()) for s in sums), max(float(s[1].max()) for s in sums),
+                      ll_pos_mean=[st.mean(axis=0).astype(np.float32) for st in stacks],
+                      ll_pos_sd=[max(float(st.std()), 1e-6) for st in stacks])
+
+
+def _leave_one_out(norm: Normalizer, raws: Sequence[FrameRaw], i: int) -> Normalizer:
+    """``norm`` with frame ``i`` taken out of the per-position means, so a calibration frame is scored
+    like an unseen frame (its own values would pull the means toward it and its score down)."""
+    n = len(raws)
+    if n < 2:
+        return norm
+    means = [(n * m - raws[i].logp[l]) / (n - 1) for l, m in enumerate(norm.ll_pos_mean)]
+    return dataclasses.replace(norm, ll_pos_mean=[m.astype(np.float32) for m in means])
 
 
 def image_scores(raws: Sequence[FrameRaw], norm: Normalizer, image_size: int, combine: str) -> List[float]:
-    return [float(anomaly_map(r.logp, r.entropy, norm, image_size, combine).max()) for r in raws]
+    """Image scores of calibration frames; for "position", each frame left out of the means."""
+    return [float(anomaly_map(r.logp, r.entropy, _leave_one_out(norm, raws, i) if combine == "position" else norm,
+                              image_size, combine).max()) for i, r in enumerate(raws)]
 
 
 def threshold(scores: Sequence[float], target_fpr: float) -> Tuple[float, float]:

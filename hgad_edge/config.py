@@ -18,7 +18,10 @@ class ModelConfig:
         backbone: timm model name (efficientnet_lite0/1/2 load real ImageNet weights offline).
         image_size: S, the square input side in pixels.
         levels: (stage index, input scale) per feature level. The official HGAD uses the same
-            stride-16 stage at S, S/2 and S/4.
+            stride-16 stage at S, S/2 and S/4 (``3@1,3@0.5,3@0.25``). The default replaces the S/4
+            level (a 4×4 map at 256²) with the stride-8 stage at S (32×32): measured on the demo
+            dataset with the "position" map, 20 epochs, two seeds: pixel AUROC +0.01 to +0.02 over
+            the official levels (README "Accuracy").
         coupling_blocks: FrEIA AllInOneBlocks per flow.
         clamp: affine clamping of the coupling blocks.
         pos_dim: channels of the 2-D sin/cos positional condition.
@@ -32,7 +35,7 @@ class ModelConfig:
     class_names: Tuple[str, ...]
     backbone: str = "efficientnet_lite0"
     image_size: int = 256
-    levels: Tuple[Level, ...] = ((3, 1.0), (3, 0.5), (3, 0.25))
+    levels: Tuple[Level, ...] = ((2, 1.0), (3, 1.0), (3, 0.5))
     coupling_blocks: int = 8
     clamp: float = 1.9
     pos_dim: int = 128

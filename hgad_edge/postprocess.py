@@ -3,16 +3,22 @@
 The official HGAD normalises each level by its maximum over the *test set*. A stream has no
 test set, so every such maximum here is a constant calibrated on held-out normal images of the
 routed class (``Normalizer``); one frame's score never depends on another frame.
+
+The "position" map goes one step further: per level it subtracts the mean log-likelihood that
+normal images of the class reach *at each feature position* and divides by the class's spread.
+Border cells of a zero-padded CNN have their own feature statistics and were the likeliest false
+alarms of the global-maximum maps; measured on the demo dataset (README "Accuracy") this map
+gained +0.03 to +0.05 image AUROC over "loglik" on the same model.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import cv2
 import numpy as np
 
-COMBINE_MODES = ("product", "loglik", "entropy")
+COMBINE_MODES = ("product", "loglik", "entropy", "position")
 BLUR_SIGMA = 4.0
 
 
@@ -24,14 +30,23 @@ class Normalizer:
     ent_min: List[float]  # min entropy per level over normal images
     ll_sum_max: float  # max of the summed log-likelihood normality map
     ent_sum_max: float  # max of the summed entropy normality map
+    ll_pos_mean: Optional[List[np.ndarray]] = None  # per level (h_l, w_l): mean logp at each position
+    ll_pos_sd: Optional[List[float]] = None  # per level: spread of logp around those means
 
     def to_dict(self) -> Dict[str, object]:
-        return {"ll_max": list(map(float, self.ll_max)), "ent_min": list(map(float, self.ent_min)),
-                "ll_sum_max": float(self.ll_sum_max), "ent_sum_max": float(self.ent_sum_max)}
+        d = {"ll_max": list(map(float, self.ll_max)), "ent_min": list(map(float, self.ent_min)),
+             "ll_sum_max": float(self.ll_sum_max), "ent_sum_max": float(self.ent_sum_max)}
+        if self.ll_pos_mean is not None:
+            d["ll_pos_mean"] = [np.asarray(m, np.float32).tolist() for m in self.ll_pos_mean]
+            d["ll_pos_sd"] = list(map(float, self.ll_pos_sd))
+        return d
 
     @classmethod
     def from_dict(cls, d: Dict[str, object]) -> "Normalizer":
-        return cls(list(d["ll_max"]), list(d["ent_min"]), float(d["ll_sum_max"]), float(d["ent_sum_max"]))
+        pos = d.get("ll_pos_mean")
+        return cls(list(d["ll_max"]), list(d["ent_min"]), float(d["ll_sum_max"]), float(d["ent_sum_max"]),
+                   None if pos is None else [np.asarray(m, np.float32) for m in pos],
+                   None if pos is None else [float(v) for v in d["ll_pos_sd"]])
 
 
 def _upsampled_sum(maps: Sequence[np.ndarray], offsets: Sequence[float], sign: float, size: int) -> np.ndarray:
@@ -51,20 +66,36 @@ def normality_sums(logp: Sequence[np.ndarray], entropy: Sequence[np.ndarray], no
     return ll, ent
 
 
+def position_map(logp: Sequence[np.ndarray], norm: Normalizer, size: int) -> np.ndarray:
+    """Σ_l upsample((mean_l − logp_l) / sd_l) at size×size: the per-position calibrated anomaly."""
+    if norm.ll_pos_mean is None:
+        raise ValueError("this model's calibration has no per-position statistics (written by an older "
+                         "hgad_edge); retrain, or use combine='loglik'")
+    total = np.zeros((size, size), dtype=np.float32)
+    for m, mean, sd in zip(logp, norm.ll_pos_mean, norm.ll_pos_sd):
+        z = (mean - m.astype(np.float32)) * np.float32(1.0 / sd)  # (h, w)
+        total += cv2.resize(z, (size, size), interpolation=cv2.INTER_LINEAR)
+    return total
+
+
 def anomaly_map(logp: Sequence[np.ndarray], entropy: Sequence[np.ndarray], norm: Normalizer, size: int,
                 combine: str = "product", blur_sigma: float = BLUR_SIGMA) -> np.ndarray:
     """The blurred anomaly map (S, S) float32 of one frame.
 
     Args:
         logp, entropy: per-level (h_l, w_l) maps of the routed class.
-        combine: "product" (official: log-likelihood × entropy anomaly), "loglik" or "entropy".
+        combine: "product" (official: log-likelihood × entropy anomaly), "loglik", "entropy" or
+            "position" (per-position calibrated log-likelihood, see the module docstring).
     """
     if combine not in COMBINE_MODES:
         raise ValueError(f"combine={combine!r}; choose one of {COMBINE_MODES}")
-    ll, ent = normality_sums(logp, entropy, norm, size)
-    a_ll = np.float32(norm.ll_sum_max) - ll
-    a_ent = np.float32(norm.ent_sum_max) - ent
-    amap = {"product": lambda: a_ll * a_ent, "loglik": lambda: a_ll, "entropy": lambda: a_ent}[combine]()
+    if combine == "position":
+        amap = position_map(logp, norm, size)
+    else:
+        ll, ent = normality_sums(logp, entropy, norm, size)
+        a_ll = np.float32(norm.ll_sum_max) - ll
+        a_ent = np.float32(norm.ent_sum_max) - ent
+        amap = {"product": lambda: a_ll * a_ent, "loglik": lambda: a_ll, "entropy": lambda: a_ent}[combine]()
     if blur_sigma > 0:
         amap = cv2.GaussianBlur(amap, (0, 0), sigmaX=blur_sigma, sigmaY=blur_sigma,
                                 borderType=cv2.BORDER_REFLECT)
