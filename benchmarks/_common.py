@@ -294,7 +294,12 @@ def _preprocessed(frames, size):
 
 
 def model_key(image_size: int, n_classes: int, n_intra: int, coupling_blocks: int) -> str:
-    return f"s{image_size}_c{n_classes}_k{n_intra}_b{coupling_blocks}"
+    """Cache name of a synthetic model; includes the default levels, so a cache built before a
+    change of the default levels is not reused for the new ones."""
+    from hgad_edge.config import ModelConfig
+
+    levels = "-".join(f"{a}@{b:g}" for a, b in ModelConfig(class_names=("x",)).levels)
+    return f"s{image_size}_c{n_classes}_k{n_intra}_b{coupling_blocks}_l{levels}"
 
 
 def export_network(model, out_dir: str) -> None:
