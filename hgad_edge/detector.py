@@ -82,7 +82,9 @@ class Detector:
         backend: "auto" (fastest available, logged), "torch", "onnxruntime" or "tensorrt".
         target_fpr: false-positive rate on normal images that sets each class's threshold
             (default: the one stored at training).
-        combine: anomaly map: "product" (log-likelihood × entropy), "loglik" or "entropy".
+        combine: anomaly map (default: the one stored at training, "position" for new models):
+            "position" (per-position calibrated log-likelihood), "loglik", "product"
+            (log-likelihood × entropy, the official HGAD map) or "entropy".
         device: "cpu" or "cuda".
         threads: intra-op threads of the backend (default: the library's choice).
         gmm_backend: "auto" (native kernel when built), "native" or "numpy".
@@ -123,6 +125,10 @@ class Detector:
         self.combine = combine or self.meta.get("combine", "product")
         if self.combine not in COMBINE_MODES:
             raise ValueError(f"combine={self.combine!r}; choose one of {COMBINE_MODES}")
+        stored = [m for m in COMBINE_MODES if all(m in cal[c]["scores"] for c in self.class_names)]
+        if self.combine not in stored:
+            raise ValueError(f"{model_dir} was calibrated for the maps {stored}, not {self.combine!r} "
+                             "(written by an older hgad_edge); retrain, or pick one of those")
         self.set_target_fpr(target_fpr if target_fpr is not None else float(self.meta.get("target_fpr", 0.01)))
 
     @property

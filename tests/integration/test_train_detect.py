@@ -110,6 +110,24 @@ def test_modified_missing_and_unknown_version_artifacts(trained_run, tmp_path):
         Detector(str(tmp_path), backend="torch")
 
 
+def test_every_map_is_calibrated_and_older_artifacts_say_which(trained_run, demo_root, tmp_path):
+    frame = data.read_image(data.test_samples(demo_root, ["brick"])[0].path)
+    assert artifact.read_metadata(trained_run)["combine"] == "position"
+    for mode in ("position", "loglik", "product", "entropy"):
+        r = Detector(trained_run, backend="torch", combine=mode)(frame)
+        assert np.isfinite(r.anomaly_map).all() and r.threshold == r.threshold, mode
+    old = str(tmp_path / "old")  # as written before the "position" map existed
+    shutil.copytree(trained_run, old)
+    meta = json.load(open(os.path.join(old, artifact.META)))
+    meta["combine"] = "loglik"
+    for cal in meta["calibration"].values():
+        del cal["scores"]["position"], cal["normalizer"]["ll_pos_mean"], cal["normalizer"]["ll_pos_sd"]
+    json.dump(meta, open(os.path.join(old, artifact.META), "w"))
+    assert Detector(old, backend="torch")(frame).anomaly_map.shape == frame.shape[:2]
+    with pytest.raises(ValueError, match="calibrated for the maps .*'loglik'.*not 'position'"):
+        Detector(old, backend="torch", combine="position")
+
+
 def test_resume_continues_exactly(demo_root, tmp_path):
     mcfg, tcfg = small_configs(demo_root, epochs=2)
     straight = str(tmp_path / "straight")
