@@ -23,7 +23,14 @@ from hgad_edge.cli import main as cli_main
 from hgad_edge.evaluate import evaluate
 from hgad_edge.trainer import CHECKPOINT, train
 
-from .conftest import TINY_CLI, tiny_configs
+from .conftest import TINY_CLI, one_thread, tiny_configs
+
+@pytest.fixture(autouse=True)
+def _pinned_threads():
+    """In-process training here (resume, the reference) on one thread, as the subprocesses."""
+    with one_thread():
+        yield
+
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EPOCHS = 3

@@ -1,0 +1,130 @@
+"""What the stream loop writes and shows: latency quantiles, JSONL log, annotated video, window."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+from typing import Any, Dict, Optional, Tuple
+
+import numpy as np
+
+log = logging.getLogger("hgad_edge.stream")
+
+
+class LatencyStats:
+    """Quantiles of latencies in constant memory: log-spaced bins 1 % apart, 0.01 ms to ~70 min."""
+
+    LO, RATIO, BINS = 0.01, 1.01, 2000
+
+    def __init__(self):
+        self.counts = np.zeros(self.BINS, np.int64)
+        self.n = 0
+
+    def add(self, ms: float) -> None:
+        i = int(math.log(max(ms, self.LO) / self.LO) / math.log(self.RATIO))
+        self.counts[min(i, self.BINS - 1)] += 1
+        self.n += 1
+
+    def quantile(self, q: float) -> float:
+        if self.n == 0:
+            return float("nan")
+        i = int(np.searchsorted(np.cumsum(self.counts), q * self.n))
+        return self.LO * self.RATIO ** (min(i, self.BINS - 1) + 0.5)
+
+
+class _Outputs:
+    """JSONL log, annotated video and window; each optional."""
+
+    def __init__(self, cfg, fps: float):  # cfg: hgad_edge.stream.StreamConfig
+        self.cfg, self.fps, self.writer, self.size = cfg, fps, None, None
+        self.jsonl = open(cfg.jsonl, "a", encoding="utf-8", buffering=1) if cfg.jsonl else None
+        self.window = _open_window("hgad-edge stream") if cfg.display else None
+
+    @property
+    def wants_image(self) -> bool:
+        return bool(self.cfg.save or self.window)
+
+    def record(self, rec: Dict[str, Any]) -> None:
+        if self.jsonl:
+            self.jsonl.write(json.dumps(rec) + "\n")
+            self.jsonl.flush()
+
+    def image(self, frame: np.ndarray) -> bool:
+        """Write/show one annotated frame; False when the user closed the window (q / Esc)."""
+        import cv2
+
+        if self.cfg.save:
+            if self.writer is None:
+                self.size = (frame.shape[1], frame.shape[0])
+                self.writer = cv2.VideoWriter(self.cfg.save, cv2.VideoWriter_fourcc(*"mp4v"), self.fps, self.size)
+                if not self.writer.isOpened():
+                    raise OSError(f"cannot write video {self.cfg.save!r} (mp4v codec, {self.size[0]}x{self.size[1]})")
+            if (frame.shape[1], frame.shape[0]) != self.size:  # the source changed resolution
+                frame = cv2.resize(frame, self.size)
+            self.writer.write(frame)
+        if self.window:
+            cv2.imshow(self.window, frame)
+            if cv2.waitKey(1) & 0xFF in (ord("q"), 27):
+                return False
+        return True
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.release()
+        if self.jsonl:
+            self.jsonl.close()
+        if self.window:
+            import cv2
+
+            cv2.destroyWindow(self.window)
+
+
+def _open_window(name: str) -> Optional[str]:
+    import cv2
+
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        log.warning("no display ($DISPLAY unset): running headless (pass --headless to silence this)")
+        return None
+    try:
+        cv2.namedWindow(name, cv2.WINDOW_NORMAL)
+    except cv2.error as e:
+        log.warning("this OpenCV cannot open windows (%s): running headless", str(e).strip().splitlines()[-1])
+        return None
+    return name
+
+
+def _crop(frame: np.ndarray, roi) -> Tuple[np.ndarray, Tuple[int, int, int, int]]:
+    h, w = frame.shape[:2]
+    if roi is None:
+        return frame, (0, 0, w, h)
+    x, y = min(roi[0], w), min(roi[1], h)
+    x2, y2 = min(roi[0] + roi[2], w), min(roi[1] + roi[3], h)
+    if x2 <= x or y2 <= y:
+        raise ValueError(f"roi {tuple(roi)} lies outside the {w}x{h} frame")
+    return frame[y:y2, x:x2], (x, y, x2 - x, y2 - y)
+
+
+def annotate(frame: np.ndarray, result, box, fps: float, latency_ms: float, alarm: bool = False) -> np.ndarray:
+    """The frame with heatmap and mask contours in ``box`` and a banner: verdict, class, FPS, latency."""
+    import cv2
+
+    from .overlay import draw_overlay
+
+    x, y, w, h = box
+    out = frame.copy() if frame.ndim == 3 else cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+    out[y:y + h, x:x + w] = draw_overlay(out[y:y + h, x:x + w], result, label=False)
+    if (w, h) != (out.shape[1], out.shape[0]):
+        cv2.rectangle(out, (x, y), (x + w - 1, y + h - 1), (255, 255, 0), 1)
+    lines = [f"{'ANOMALY' if result.is_anomaly else 'ok'} {result.score:.2f} | {result.class_name} "
+             f"({result.class_confidence:.2f})", f"{fps:.1f} FPS | {latency_ms:.0f} ms" + (" | ALARM" if alarm else "")]
+    scale = max(0.35, out.shape[1] / 900)
+    (_, th), _ = cv2.getTextSize("Ag", cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+    width = max(cv2.getTextSize(t, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0] for t in lines)
+    colour = (0, 0, 200) if result.is_anomaly or alarm else (0, 120, 0)
+    cv2.rectangle(out, (0, 0), (width + 8, len(lines) * (th + 8) + 4), colour, -1)
+    for i, text in enumerate(lines):
+        cv2.putText(out, text, (4, (i + 1) * (th + 8)), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1,
+                    cv2.LINE_AA)
+    return out
