@@ -21,8 +21,10 @@ log = logging.getLogger(__name__)
 BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
 
 
-def load_model(run_dir: str, meta: Optional[dict] = None):
-    """Rebuild the eager HGAD model of an artifact from its safetensors (no pickle)."""
+def load_model(run_dir: str, meta: Optional[dict] = None, weights: Optional[dict] = None):
+    """Rebuild the eager HGAD model of an artifact from its safetensors (no pickle).
+
+    ``weights``: the artifact's weights tensors when the caller has read them already."""
     from .config import ModelConfig
     from .model import HGAD
 
@@ -30,7 +32,9 @@ def load_model(run_dir: str, meta: Optional[dict] = None):
     cfg = ModelConfig.from_dict(meta["model_config"])
     model = HGAD(cfg, backbone_weights="none")
     model.backbone.body.load_state_dict(artifact.load_tensors(run_dir, artifact.BACKBONE))
-    weights = {k: v for k, v in artifact.load_tensors(run_dir, artifact.WEIGHTS).items() if not k.startswith("gmm.")}
+    if weights is None:
+        weights = artifact.load_tensors(run_dir, artifact.WEIGHTS)
+    weights = {k: v for k, v in weights.items() if not k.startswith("gmm.")}
     try:
         missing, unexpected = model.load_state_dict(weights, strict=False)
     except RuntimeError as e:  # shapes that do not fit the config in model.json
@@ -42,11 +46,12 @@ def load_model(run_dir: str, meta: Optional[dict] = None):
     return model.eval()
 
 
-def _make_backend(name: str, run_dir: str, meta: dict, device: str, threads: Optional[int]):
+def _make_backend(name: str, run_dir: str, meta: dict, device: str, threads: Optional[int],
+                  weights: Optional[dict] = None):
     if name == "torch":
         from ._backends import TorchBackend
 
-        return TorchBackend(load_model(run_dir, meta), device=device, threads=threads)
+        return TorchBackend(load_model(run_dir, meta, weights), device=device, threads=threads)
     if name in ("onnxruntime", "tensorrt"):
         try:
             from .export import runtime
@@ -56,14 +61,14 @@ def _make_backend(name: str, run_dir: str, meta: dict, device: str, threads: Opt
     raise ValueError(f"unknown backend {name!r}; choose one of {BACKENDS}")
 
 
-def _auto_backend(run_dir: str, meta: dict, device: str, threads: Optional[int]):
+def _auto_backend(run_dir: str, meta: dict, device: str, threads: Optional[int], weights: Optional[dict] = None):
     """Fastest available: TensorRT engine > ONNX Runtime > torch."""
     exports = meta.get("exports", {})
     order = [b for b in ("tensorrt", "onnxruntime") if b in exports] + ["torch"]
     errors = []
     for name in order:
         try:
-            backend = _make_backend(name, run_dir, meta, device, threads)
+            backend = _make_backend(name, run_dir, meta, device, threads, weights)
             log.info("backend auto → %s", name)
             return backend
         except artifact.ArtifactError:
@@ -108,18 +113,6 @@ class Detector:
         cfg = self.meta["model_config"]
         self.class_names: List[str] = list(cfg["class_names"])
         self.image_size = int(cfg["image_size"])
-        self._backend = (_auto_backend(model_dir, self.meta, device, threads) if backend == "auto"
-                         else _make_backend(backend, model_dir, self.meta, device, threads))
-        gmm_arrays = artifact.load_tensors(model_dir, artifact.WEIGHTS)
-        gmms = []
-        for l in range(len(self.meta["feature_shapes"])):
-            keys = [f"gmm.{l}.{k}" for k in ("mu", "log_pi_inter", "mu_intra", "log_pi_intra")]
-            lacking = [k for k in keys if k not in gmm_arrays]
-            if lacking:
-                raise artifact.ArtifactError(f"{model_dir}: {artifact.WEIGHTS} lacks {lacking}")
-            arr = {k.split(".")[-1]: gmm_arrays[k].numpy() for k in keys}
-            gmms.append(GaussianMixture(**arr, backend=gmm_backend))
-        self.scorer = Scorer(self._backend, gmms, self.meta["feature_shapes"], self.image_size)
         cal = self.meta["calibration"]
         self.normalizers = [Normalizer.from_dict(cal[c]["normalizer"]) for c in self.class_names]
         self.combine = combine or self.meta.get("combine", "product")
@@ -129,6 +122,18 @@ class Detector:
         if self.combine not in stored:
             raise ValueError(f"{model_dir} was calibrated for the maps {stored}, not {self.combine!r} "
                              "(written by an older hgad_edge); retrain, or pick one of those")
+        weights = artifact.load_tensors(model_dir, artifact.WEIGHTS)  # read once: GMM arrays + torch flows
+        gmms = []
+        for l in range(len(self.meta["feature_shapes"])):
+            keys = [f"gmm.{l}.{k}" for k in ("mu", "log_pi_inter", "mu_intra", "log_pi_intra")]
+            lacking = [k for k in keys if k not in weights]
+            if lacking:
+                raise artifact.ArtifactError(f"{model_dir}: {artifact.WEIGHTS} lacks {lacking}")
+            arr = {k.split(".")[-1]: weights[k].numpy() for k in keys}
+            gmms.append(GaussianMixture(**arr, backend=gmm_backend))
+        self._backend = (_auto_backend(model_dir, self.meta, device, threads, weights) if backend == "auto"
+                         else _make_backend(backend, model_dir, self.meta, device, threads, weights))
+        self.scorer = Scorer(self._backend, gmms, self.meta["feature_shapes"], self.image_size)
         self.set_target_fpr(target_fpr if target_fpr is not None else float(self.meta.get("target_fpr", 0.01)))
 
     @property
