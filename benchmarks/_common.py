@@ -6,6 +6,7 @@ imported: OpenMP and OpenBLAS size their thread pools when they load.
 """
 from __future__ import annotations
 
+import json
 import os
 import platform
 import sys
@@ -421,6 +422,22 @@ def encoded_frames(n: int, seed: int = 0, quality: int = 90) -> list:
     import cv2
 
     return [cv2.imencode(".jpg", f, [cv2.IMWRITE_JPEG_QUALITY, quality])[1] for f in test_frames(n, seed=seed)]
+
+
+def backend_list(text: str, known: Sequence[str]) -> List[str]:
+    """'a,b' → ['a', 'b'], refusing names not in ``known`` (exits with the choices)."""
+    names = [b for b in text.split(",") if b]
+    bad = [b for b in names if b not in known]
+    if bad:
+        raise SystemExit(f"unknown backend(s) {bad}; choose from {tuple(known)}")
+    return names
+
+
+def write_json(path: Optional[str], res: dict) -> None:
+    """The raw results as JSON when ``--json PATH`` was given."""
+    if path:
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(res, f, indent=1)
 
 
 def fmt(v: float, spec: str = ".2f") -> str:

@@ -443,17 +443,12 @@ def main(argv=None) -> int:
     if a.worker:
         print(json.dumps(measure(a.worker, a.model, a.threads, a.frames, a.warmup, batches)))
         return 0
-    backends = [b for b in a.backends.split(",") if b]
+    backends = C.backend_list(a.backends, list(BACKENDS) + list(VARIANTS))
     if a.variants:
         backends += [v for v in VARIANTS if v not in backends]
-    bad = [b for b in backends if b not in BACKENDS and b not in VARIANTS]
-    if bad:
-        raise SystemExit(f"unknown backend(s) {bad}; choose from {BACKENDS}")
     res = run(a.model, a.threads, a.frames, a.warmup, batches, backends, a.profile, a.cache)
     print(report(res))
-    if a.json:
-        with open(a.json, "w", encoding="utf-8") as f:
-            json.dump(res, f, indent=1)
+    C.write_json(a.json, res)
     return 0
 
 

@@ -11,7 +11,6 @@ parameter and one PNG per parameter (total latency per backend; the ONNX Runtime
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -157,16 +156,11 @@ def main(argv=None) -> int:
                     help="folder for the PNG plots")
     ap.add_argument("--json", default=None, help="write the results as JSON here")
     a = ap.parse_args(argv)
-    backends = [b for b in a.backends.split(",") if b]
-    bad = [b for b in backends if b not in BACKENDS]
-    if bad:
-        raise SystemExit(f"unknown backend(s) {bad}; choose from {BACKENDS}")
+    backends = C.backend_list(a.backends, BACKENDS)
     res = run(a.threads, a.frames, a.warmup, a.cache, backends)
     res["plots"] = plots(res, a.plots)
     print(tables(res))
-    if a.json:
-        with open(a.json, "w", encoding="utf-8") as f:
-            json.dump(res, f, indent=1)
+    C.write_json(a.json, res)
     return 0
 
 

@@ -77,14 +77,19 @@ def direct_pass(det, frames) -> list:
     return out
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def common_args(p: argparse.ArgumentParser, frames: int, frames_help: str, size: int) -> None:
+    """The options the stream benchmarks share."""
     p.add_argument("--model", help="RUN_DIR (default: train a tiny demo model in a temp dir)")
     p.add_argument("--backend", default="auto")
-    p.add_argument("--frames", type=int, default=200, help="frames per pass")
-    p.add_argument("--size", type=int, default=256, help="side of the synthetic frames")
-    p.add_argument("--repeats", type=int, default=3, help="alternating direct/stream passes")
+    p.add_argument("--frames", type=int, default=frames, help=frames_help)
+    p.add_argument("--size", type=int, default=size, help="side of the synthetic frames")
     p.add_argument("--threads", type=int, help="intra-op threads (set before torch starts)")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    common_args(p, frames=200, frames_help="frames per pass", size=256)
+    p.add_argument("--repeats", type=int, default=3, help="alternating direct/stream passes")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("hgad_edge.stream").setLevel(logging.ERROR)  # no ALARM lines in the table

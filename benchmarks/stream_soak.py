@@ -24,7 +24,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import _threads  # noqa: E402,F401  (applies --threads before numpy/torch load)
-from stream_fps import demo_model  # noqa: E402
+from stream_fps import common_args, demo_model  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -88,15 +88,11 @@ class SlowDetector:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", help="RUN_DIR (default: train a tiny demo model in a temp dir)")
-    p.add_argument("--backend", default="auto")
-    p.add_argument("--frames", type=int, default=10000, help="source frames")
-    p.add_argument("--size", type=int, default=96, help="side of the synthetic frames")
+    common_args(p, frames=10000, frames_help="source frames", size=96)
     p.add_argument("--report-every", type=int, default=1000, help="print RSS every this many source frames")
     p.add_argument("--slow-ms", type=float, default=0.0, help="extra ms per inference (0: no drops mode)")
     p.add_argument("--source-fps", type=float, default=100.0, help="source rate in --slow-ms mode")
     p.add_argument("--jsonl", help="also write the event log here (exercises the writer)")
-    p.add_argument("--threads", type=int, help="intra-op threads (set before torch starts)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("hgad_edge.stream").setLevel(logging.ERROR)  # no ALARM lines between the RSS rows

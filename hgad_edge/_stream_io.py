@@ -10,7 +10,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
-log = logging.getLogger("hgad_edge.stream")
+log = logging.getLogger("hgad_edge.stream")  # the stream's own logger: these warnings are the stream's
 
 
 class LatencyStats:

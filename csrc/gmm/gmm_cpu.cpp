@@ -134,6 +134,23 @@ static int threads_for(int64_t n, int64_t n_blocks) {
   return std::max<int>(1, static_cast<int>(std::min<int64_t>({static_cast<int64_t>(cpu_threads()), n_blocks, by_rows})));
 }
 
+static int thread_id() {
+#if defined(_OPENMP)
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+
+// out[j] = Σ_t sums[t·C + j] / n: the per-thread posterior sums (float64) → the image mean.
+static void reduce_mean(const std::vector<double>& sums, int n_threads, int C, int64_t n, float* out) {
+  for (int j = 0; j < C; ++j) {
+    double acc = 0.0;
+    for (int t = 0; t < n_threads; ++t) acc += sums[static_cast<size_t>(t) * C + j];
+    out[j] = static_cast<float>(acc / static_cast<double>(n));
+  }
+}
+
 int fused_cpu(const CpuParams& p, const float* z, const float* logdet, int64_t n, int class_index, float* logp,
               float* entropy, float* mean, float* posterior) {
   const int C = p.n_classes;
@@ -149,11 +166,7 @@ int fused_cpu(const CpuParams& p, const float* z, const float* logdet, int64_t n
 
 #pragma omp parallel num_threads(n_threads) if (n_threads > 1)
   {
-#if defined(_OPENMP)
-    const int tid = omp_get_thread_num();
-#else
-    const int tid = 0;
-#endif
+    const int tid = thread_id();
     Scratch s;
     s.dist.resize(static_cast<size_t>(kRows) * std::max(p.c_pad, p.k_pad));
     s.ebuf.resize(std::max(C, p.n_intra));
@@ -177,11 +190,7 @@ int fused_cpu(const CpuParams& p, const float* z, const float* logdet, int64_t n
     {
       if (do_inter) {
         std::vector<float> m(C);
-        for (int j = 0; j < C; ++j) {
-          double acc = 0.0;
-          for (int t = 0; t < n_threads; ++t) acc += sums[static_cast<size_t>(t) * C + j];
-          m[j] = static_cast<float>(acc / static_cast<double>(n));
-        }
+        reduce_mean(sums, n_threads, C, n, m.data());
         if (mean) std::copy(m.begin(), m.end(), mean);
         if (class_index < 0 && logp) routed = route_argmax(m.data(), C);
       }
@@ -211,11 +220,7 @@ void fused_all_cpu(const CpuParams& p, const float* z, const float* logdet, int6
   std::vector<double> sums(static_cast<size_t>(n_threads) * C, 0.0);
 #pragma omp parallel num_threads(n_threads) if (n_threads > 1)
   {
-#if defined(_OPENMP)
-    const int tid = omp_get_thread_num();
-#else
-    const int tid = 0;
-#endif
+    const int tid = thread_id();
     std::vector<float> dist(static_cast<size_t>(kRows) * p.a_pad);
     std::vector<float> e(C);
     std::vector<double> msum(C, 0.0);
@@ -264,13 +269,7 @@ void fused_all_cpu(const CpuParams& p, const float* z, const float* logdet, int6
     }
     std::copy(msum.begin(), msum.end(), sums.begin() + static_cast<int64_t>(tid) * C);
   }
-  if (mean) {
-    for (int j = 0; j < C; ++j) {
-      double acc = 0.0;
-      for (int t = 0; t < n_threads; ++t) acc += sums[static_cast<size_t>(t) * C + j];
-      mean[j] = static_cast<float>(acc / static_cast<double>(n));
-    }
-  }
+  if (mean) reduce_mean(sums, n_threads, C, n, mean);
 }
 
 }  // namespace gmm
