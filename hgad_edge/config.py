@@ -20,8 +20,8 @@ class ModelConfig:
         levels: (stage index, input scale) per feature level. The official HGAD uses the same
             stride-16 stage at S, S/2 and S/4 (``3@1,3@0.5,3@0.25``). The default replaces the S/4
             level (a 4×4 map at 256²) with the stride-8 stage at S (32×32): measured on the demo
-            dataset with the "position" map, 20 epochs, two seeds: pixel AUROC +0.01 to +0.02 over
-            the official levels (README "Accuracy").
+            dataset with the "position" map, 20 epochs: pixel AUROC +0.01 to +0.03 over the official
+            levels in three trainings (``benchmarks/accuracy_sweep.py``, README "Accuracy").
         coupling_blocks: FrEIA AllInOneBlocks per flow.
         clamp: affine clamping of the coupling blocks.
         pos_dim: channels of the 2-D sin/cos positional condition.

@@ -8,7 +8,8 @@ The "position" map goes one step further: per level it subtracts the mean log-li
 normal images of the class reach *at each feature position* and divides by the class's spread.
 Border cells of a zero-padded CNN have their own feature statistics and were the likeliest false
 alarms of the global-maximum maps; measured on the demo dataset (README "Accuracy") this map
-gained +0.03 to +0.05 image AUROC over "loglik" on the same model.
+gained +0.02 to +0.05 image AUROC over "loglik" on the same models
+(``benchmarks/accuracy_sweep.py``).
 """
 from __future__ import annotations
 
