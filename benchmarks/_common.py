@@ -295,12 +295,13 @@ def _preprocessed(frames, size):
 
 
 def model_key(image_size: int, n_classes: int, n_intra: int, coupling_blocks: int) -> str:
-    """Cache name of a synthetic model; includes the default levels, so a cache built before a
-    change of the default levels is not reused for the new ones."""
+    """Cache name of a synthetic model; includes the default levels and pooling, so a cache built
+    before a change of those defaults is not reused for the new ones."""
     from hgad_edge.config import ModelConfig
 
-    levels = "-".join(f"{a}@{b:g}" for a, b in ModelConfig(class_names=("x",)).levels)
-    return f"s{image_size}_c{n_classes}_k{n_intra}_b{coupling_blocks}_l{levels}"
+    d = ModelConfig(class_names=("x",))
+    levels = "-".join(f"{a}@{b:g}" for a, b in d.levels)
+    return f"s{image_size}_c{n_classes}_k{n_intra}_b{coupling_blocks}_l{levels}_p{''.join(map(str, d.pool))}"
 
 
 def export_network(model, out_dir: str) -> None:

@@ -28,7 +28,7 @@ import torch  # noqa: E402
 
 from hgad_edge import data, trainer  # noqa: E402
 from hgad_edge.calibrate import fit_normalizer  # noqa: E402
-from hgad_edge.cli import _parse_levels  # noqa: E402
+from hgad_edge.cli import _parse_levels, _parse_pool  # noqa: E402
 from hgad_edge.config import ModelConfig, TrainConfig  # noqa: E402
 from hgad_edge.gmm import GaussianMixture  # noqa: E402
 from hgad_edge.metrics import auroc  # noqa: E402
@@ -53,7 +53,7 @@ def raws(model: HGAD, feats, labels) -> list:
 
 
 def evaluate(cal, cal_y, test, test_y, anomalous, masks, subset, mode, n_classes) -> tuple:
-    """Mean image / pixel AUROC over classes of the levels in ``subset`` (maps at mask size)."""
+    """Per-class image / pixel AUROC of the levels in ``subset`` (maps at mask size)."""
     def pick(r):
         return FrameRaw(r.class_index, 1.0, None, [r.logp[l] for l in subset], [r.entropy[l] for l in subset])
 
@@ -66,7 +66,7 @@ def evaluate(cal, cal_y, test, test_y, anomalous, masks, subset, mode, n_classes
                          for i in idx])
         img.append(auroc(anomalous[idx], maps.reshape(len(idx), -1).max(1)))
         pix.append(auroc(masks[idx], maps))
-    return float(np.mean(img)), float(np.mean(pix))
+    return img, pix
 
 
 def main(argv=None) -> int:
@@ -78,12 +78,16 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--image-size", type=int, default=256)
     ap.add_argument("--n-intra", type=int, default=10)
+    ap.add_argument("--pool", type=_parse_pool, default=(), help="feature averaging window per level, '3,3,1' "
+                    "(default: 3 at the full-scale levels, 1 elsewhere)")
+    ap.add_argument("--pos-dim", type=int, default=128, help="channels of the positional condition")
     ap.add_argument("--no-condition", action="store_true", help="zero the positional condition of the flows")
     ap.add_argument("--threads", type=int, default=THREADS)
     a = ap.parse_args(argv)
     classes = data.resolve_classes(a.data, None)
     trainer.seed_everything(0)
-    model = HGAD(ModelConfig(class_names=classes, levels=a.levels, image_size=a.image_size, n_intra=a.n_intra))
+    model = HGAD(ModelConfig(class_names=classes, levels=a.levels, image_size=a.image_size, n_intra=a.n_intra,
+                              pool=a.pool, pos_dim=a.pos_dim))
     fit, cal = data.split_calibration(data.train_samples(a.data, classes), 0.2, 0)
     test = data.test_samples(a.data, classes)
     feats = {k: trainer.cache_features(model, trainer.load_images(s, True, k), 16, True)
@@ -111,10 +115,15 @@ def main(argv=None) -> int:
     print(f"\n{a.data}: {len(classes)} classes, {a.image_size}², K={a.n_intra}, {a.epochs} epochs "
           f"({time.time() - t0:.0f} s), class known; mean image / pixel AUROC\n")
     print("| levels | " + " | ".join(MAPS) + " |\n|---|" + "---|" * len(MAPS))
+    per_class = []
     for sub in subsets:
         cells = [evaluate(r_cal, cal_y, r_test, test_y, anomalous, masks, sub, m, len(classes)) for m in MAPS]
         name = ", ".join(f"{a.levels[l][0]}@{a.levels[l][1]:g}" for l in sub)
-        print(f"| {name} | " + " | ".join(f"{i:.3f} / {p:.3f}" for i, p in cells) + " |", flush=True)
+        print(f"| {name} | " + " | ".join(f"{np.mean(i):.3f} / {np.mean(p):.3f}" for i, p in cells) + " |", flush=True)
+        per_class.append((name, cells[0]))
+    print(f"\nper class, {MAPS[0]} map, image / pixel AUROC:")
+    for name, (img, pix) in per_class:
+        print(f"  {name}: " + ", ".join(f"{c} {i:.3f}/{p:.3f}" for c, i, p in zip(classes, img, pix)))
     return 0
 
 

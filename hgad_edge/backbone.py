@@ -93,17 +93,22 @@ class FeatureExtractor(nn.Module):
     Args:
         name: timm model name.
         levels: (feature stage index, input scale) pairs, e.g. ((3, 1.0), (3, 0.5), (3, 0.25)).
+        pool: per level, an odd window: each feature cell is replaced by the mean of its pool×pool
+            neighbourhood (cells outside the map not counted); None or 1 = off.
         weights: None → offline ImageNet weights for efficientnet_lite*, "none" → random
             (tests only), or a path to a safetensors / state-dict file.
     """
 
     def __init__(self, name: str, levels: Sequence[Tuple[int, float]], weights: Optional[str] = None,
-                 pad: int = 0):
+                 pad: int = 0, pool: Optional[Sequence[int]] = None):
         super().__init__()
         import timm
 
         self.levels = [(int(s), float(r)) for s, r in levels]
         self.pad = int(pad)
+        self.pool = [1] * len(self.levels) if pool is None else [int(k) for k in pool]
+        if len(self.pool) != len(self.levels) or any(k < 1 or k % 2 == 0 for k in self.pool):
+            raise ValueError(f"pool needs one odd window size >= 1 per level ({len(self.levels)}), got {list(pool)}")
         stages = sorted({s for s, _ in self.levels})
         try:
             self.body = timm.create_model(name, pretrained=False, features_only=True, out_indices=stages)
@@ -145,8 +150,11 @@ class FeatureExtractor(nn.Module):
                 images, scale_factor=scale, mode="bilinear", align_corners=False, recompute_scale_factor=False)
             by_scale[scale] = self.body(x)
         out = []
-        for (s, r), red in zip(self.levels, self.reductions):
+        for (s, r), red, k in zip(self.levels, self.reductions, self.pool):
             f = by_scale[r][self.stages.index(s)]
             c = int(self.pad * r) // red
-            out.append(f[:, :, c:f.shape[2] - c, c:f.shape[3] - c] if c else f)
+            f = f[:, :, c:f.shape[2] - c, c:f.shape[3] - c] if c else f
+            if k > 1:  # each cell describes its k×k neighbourhood (PatchCore's local aggregation)
+                f = F.avg_pool2d(f, k, 1, k // 2, count_include_pad=False)
+            out.append(f)
         return out

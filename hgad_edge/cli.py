@@ -16,6 +16,13 @@ from .config import ModelConfig, TrainConfig
 log = logging.getLogger("hgad_edge")
 
 
+def _parse_pool(text: str):
+    try:
+        return tuple(int(k) for k in text.split(","))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"pool must look like '3,3,1' (one odd window per level), got {text!r}") from e
+
+
 def _parse_levels(text: str):
     """'3@1,3@0.5,3@0.25' → ((3, 1.0), (3, 0.5), (3, 0.25))."""
     try:
@@ -46,7 +53,7 @@ def _cmd_train(a: argparse.Namespace) -> int:
     defaults = ModelConfig(class_names=classes)
     mcfg = ModelConfig(class_names=classes, backbone=a.backbone, image_size=a.image_size,
                        levels=a.levels or defaults.levels, coupling_blocks=a.coupling_blocks, n_intra=a.n_intra,
-                       pad=a.pad)
+                       pad=a.pad, pool=a.pool or ())
     tcfg = TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, lambda2=a.lambda_mi, seed=a.seed,
                        augment=a.augment,
                        target_fpr=a.target_fpr, calib_fraction=a.calib_fraction)
@@ -133,6 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--pad", type=int, default=d.pad,
                    help="reflect padding in pixels before the backbone, cropped off the feature maps "
                         "(a multiple of stride/scale of every level, e.g. 64 for the default levels)")
+    s.add_argument("--pool", type=_parse_pool, default=None,
+                   help="odd window per level (or one for all): each feature cell is averaged with its "
+                        "neighbours before the flow, PatchCore-style; 1 = off. Default: 3 at the full-scale "
+                        "levels, 1 at the downscaled ones (" + ",".join(map(str, d.pool)) + " for the default levels)")
     s.add_argument("--coupling-blocks", type=int, default=d.coupling_blocks)
     s.add_argument("--n-intra", type=int, default=d.n_intra, help="intra-class centers K per class")
     s.add_argument("--epochs", type=int, default=t.epochs)

@@ -9,6 +9,17 @@ from typing import Any, Dict, Tuple
 Level = Tuple[int, float]
 
 
+def default_pool(levels) -> Tuple[int, ...]:
+    """3×3 neighbourhood averaging at the full-scale levels, none at downscaled ones.
+
+    Measured on the demo dataset (20 epochs, "position" map, class known, README "Accuracy"):
+    no pooling 0.925 / 0.901 mean image / pixel AUROC; 3×3 at every level 0.941 / 0.945; 3×3 at
+    the stride-8 level only 0.946 / 0.923; 3×3 at the two full-scale levels 0.953 / 0.938; 5×5 at
+    every level 0.895 / 0.946 (too coarse for the 8×8 map of the S/2 level).
+    """
+    return tuple(3 if float(scale) == 1.0 else 1 for _, scale in levels)
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Architecture of one HGAD model.
@@ -28,6 +39,9 @@ class ModelConfig:
         hidden_ratio: width of the coupling subnet relative to its input.
         n_intra: K, intra-class mixed centers per class.
         center_scale: value written into each class's identity block of the initial centers.
+        pool: per level, an odd window of feature-cell averaging (PatchCore's local aggregation:
+            a cell describes its neighbourhood, so texture noise averages out and a defect shows
+            up in every cell that touches it); empty = ``default_pool(levels)``.
         pad: reflect padding (pixels at scale 1) added before the backbone and cropped off the
             feature maps afterwards; 0 = none.
     """
@@ -43,11 +57,21 @@ class ModelConfig:
     n_intra: int = 10
     center_scale: float = 1.0
     pad: int = 0
+    pool: Tuple[int, ...] = ()
+
+    def __post_init__(self):
+        if not self.pool:  # the default rule, written out so the artifact records what ran
+            object.__setattr__(self, "pool", default_pool(self.levels))
+        pool = tuple(int(k) for k in self.pool)
+        object.__setattr__(self, "pool", pool * len(self.levels) if len(pool) == 1 else pool)
+        if len(self.pool) != len(self.levels):
+            raise ValueError(f"pool needs one window per level ({len(self.levels)} levels), got {list(self.pool)}")
 
     def to_dict(self) -> Dict[str, Any]:
         d = dataclasses.asdict(self)
         d["class_names"] = list(self.class_names)
         d["levels"] = [list(lv) for lv in self.levels]
+        d["pool"] = list(self.pool)
         return d
 
     @classmethod
@@ -59,6 +83,7 @@ class ModelConfig:
         d = dict(d)
         d["class_names"] = tuple(d["class_names"])
         d["levels"] = tuple((int(a), float(b)) for a, b in d.get("levels", cls.levels))
+        d["pool"] = tuple(d.get("pool", [1] * len(d["levels"])))  # artifacts from before pooling: none
         return cls(**d)
 
 

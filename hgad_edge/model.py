@@ -66,7 +66,8 @@ class HGAD(nn.Module):
     def __init__(self, cfg: ModelConfig, backbone_weights: Optional[str] = None):
         super().__init__()
         self.cfg = cfg
-        self.backbone = FeatureExtractor(cfg.backbone, cfg.levels, weights=backbone_weights, pad=cfg.pad)
+        self.backbone = FeatureExtractor(cfg.backbone, cfg.levels, weights=backbone_weights, pad=cfg.pad,
+                                         pool=cfg.pool)
         with torch.no_grad():
             shapes = [f.shape[-2:] for f in self.backbone(torch.zeros(1, 3, cfg.image_size, cfg.image_size))]
         self.feature_shapes = [(int(h), int(w)) for h, w in shapes]

@@ -73,3 +73,33 @@ def test_reflect_padding_is_cropped_back_to_the_unpadded_grid():
     assert border > 1.5 * inner
     with pytest.raises(ValueError, match="multiple of 64"):
         FeatureExtractor("efficientnet_lite0", levels, weights="none", pad=32)
+
+
+def test_pool_averages_each_cell_with_its_neighbours():
+    levels = [(2, 1.0), (3, 0.5)]
+    plain = FeatureExtractor("efficientnet_lite0", levels, weights="none")
+    pooled = FeatureExtractor("efficientnet_lite0", levels, weights="none", pool=(3, 3))
+    pooled.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 3, 256, 256, generator=torch.Generator().manual_seed(0))
+    for f, p in zip(plain(x), pooled(x)):
+        assert f.shape == p.shape
+        torch.testing.assert_close(p[..., 5, 6], f[..., 4:7, 5:8].mean(dim=(-2, -1)))  # interior: 3×3 mean
+        torch.testing.assert_close(p[..., 0, 0], f[..., :2, :2].mean(dim=(-2, -1)))  # corner: the 4 cells inside
+        assert (p - f).abs().max() > 1e-3
+    for bad in ((0, 1), (2, 1), (3,)):
+        with pytest.raises(ValueError, match="one odd window size"):
+            FeatureExtractor("efficientnet_lite0", levels, weights="none", pool=bad)
+
+
+def test_pool_config_default_rule_and_older_artifacts():
+    from hgad_edge.config import ModelConfig
+
+    cfg = ModelConfig(class_names=("a",))
+    assert cfg.pool == (3, 3, 1)  # 3×3 at the full-scale levels, none at S/2
+    assert ModelConfig(class_names=("a",), levels=((3, 1.0), (3, 0.5), (3, 0.25))).pool == (3, 1, 1)
+    assert ModelConfig(class_names=("a",), pool=(5,)).pool == (5, 5, 5)  # one value for every level
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+    old = {k: v for k, v in cfg.to_dict().items() if k != "pool"}  # written before pooling existed
+    assert ModelConfig.from_dict(old).pool == (1, 1, 1)
+    with pytest.raises(ValueError, match="one window per level"):
+        ModelConfig(class_names=("a",), pool=(3, 1))
