@@ -64,8 +64,9 @@ class ModelConfig:
             object.__setattr__(self, "pool", default_pool(self.levels))
         pool = tuple(int(k) for k in self.pool)
         object.__setattr__(self, "pool", pool * len(self.levels) if len(pool) == 1 else pool)
-        if len(self.pool) != len(self.levels):
-            raise ValueError(f"pool needs one window per level ({len(self.levels)} levels), got {list(self.pool)}")
+        if len(self.pool) != len(self.levels) or any(k < 1 or k % 2 == 0 for k in self.pool):
+            raise ValueError(f"pool needs one odd window >= 1 per level ({len(self.levels)} levels), "
+                             f"got {list(self.pool)}")
 
     def to_dict(self) -> Dict[str, Any]:
         d = dataclasses.asdict(self)

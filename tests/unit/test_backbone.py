@@ -101,5 +101,6 @@ def test_pool_config_default_rule_and_older_artifacts():
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg
     old = {k: v for k, v in cfg.to_dict().items() if k != "pool"}  # written before pooling existed
     assert ModelConfig.from_dict(old).pool == (1, 1, 1)
-    with pytest.raises(ValueError, match="one window per level"):
-        ModelConfig(class_names=("a",), pool=(3, 1))
+    for bad in ((3, 1), (2,), (0,)):
+        with pytest.raises(ValueError, match="one odd window"):
+            ModelConfig(class_names=("a",), pool=bad)
