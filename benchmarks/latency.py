@@ -353,10 +353,12 @@ def report(res: dict) -> str:
             if ms > 0:
                 rates.append(f"{label} {gf / 1e9:.3f} GFLOP in {ms:.2f} ms = {gf / ms / 1e6:.1f} GFLOP/s "
                              f"({100 * gf / ms / 1e6 / pk['peak']:.0f} % of peak)")
+        shapes = res.get("flow_shapes", [])
         lines += ["", "Rates inside the profile (profiling adds per-op overhead): " + "; ".join(rates) + ".", "",
                   "What keeps the network from the SGEMM rate: the depthwise 3×3/5×5 convolutions (about 10 % of "
                   "the FLOPs, few FLOPs per byte moved: memory-bound), the flows' small matmuls (rows = positions "
-                  "per level, 256 / 64 / 16 at 256², inner dimension 56–224: too small to fill the SGEMM kernel's "
+                  f"per level, {' / '.join(str(n) for n, _ in shapes)}, inner dimension "
+                  f"{' / '.join(str(k) for _, k in shapes)}: too small to fill the SGEMM kernel's "
                   "tiles on two threads), and the flows' elementwise ops between them (Add / Split / Mul / Concat / "
                   "Tanh / Exp). The dense (1×1 and stem) convolutions run close to the SGEMM rate."]
     if res.get("sweep"):
@@ -389,6 +391,7 @@ def run(model: str, threads: int, frames: int, warmup: int, batches, backends, p
 
     net = load_model(model, meta)
     res["flops"] = C.count_flops(net, int(mc["image_size"]))
+    res["flow_shapes"] = [[h * w, d // 2] for (h, w), d in zip(net.feature_shapes, net.dims)]  # rows, inner dim
     res["conv_split"] = conv_flops(net, int(mc["image_size"]))
     del net
     rows = []
