@@ -53,6 +53,38 @@ struct Scratch {
   std::vector<double> mean;  // (C) posterior sums of this thread
 };
 
+// log Σ_k π_k N(z; μ_k, I) of one row over K centers, from its squared distances (stable LSE).
+inline float mixture_lse(const float* dr, const float* log_pi, int K) {
+  float m = kNegInf;
+  for (int j = 0; j < K; ++j) m = max_skip_nan(m, logit_from_dist(dr[j], log_pi[j]));
+  const float sh = safe_shift(m);
+  float sum_s = 0.0f, sum_u = 0.0f;
+#pragma omp simd reduction(+ : sum_s, sum_u)
+  for (int j = 0; j < K; ++j) {
+    const LseState t = lse_push(lse_zero(), logit_from_dist(dr[j], log_pi[j]), sh);
+    sum_s += t.s;
+    sum_u += t.u;
+  }
+  return lse_value(LseState{sum_s, sum_u}, sh);
+}
+
+// One row's inter-class softmax from its squared distances to the C main centers: e[j] gets the
+// unnormalised probability of class j; the returned state gives the entropy and the normaliser.
+inline LseState inter_softmax(const float* dr, const float* log_pi, int C, float* e) {
+  float m = kNegInf;
+  for (int j = 0; j < C; ++j) m = max_skip_nan(m, logit_from_dist(dr[j], log_pi[j]));
+  const float sh = safe_shift(m);
+  float sum_s = 0.0f, sum_u = 0.0f;
+#pragma omp simd reduction(+ : sum_s, sum_u)
+  for (int j = 0; j < C; ++j) {
+    const LseState t = lse_push(lse_zero(), logit_from_dist(dr[j], log_pi[j]), sh);
+    e[j] = t.s;
+    sum_s += t.s;
+    sum_u += t.u;
+  }
+  return LseState{sum_s, sum_u};
+}
+
 // Inter part of rows [r0, r0 + nr): entropy, posterior sums, optional full posterior.
 void inter_rows(const CpuParams& p, const float* const* zr, int64_t r0, int nr, Scratch& s, float* entropy,
                 float* posterior) {
@@ -61,20 +93,9 @@ void inter_rows(const CpuParams& p, const float* const* zr, int64_t r0, int nr, 
   float* e = s.ebuf.data();
   for (int r = 0; r < nr; ++r) {
     const float* dr = s.dist.data() + static_cast<int64_t>(r) * p.c_pad;
-    float m = kNegInf;
-    for (int j = 0; j < C; ++j) m = max_skip_nan(m, logit_from_dist(dr[j], p.log_pi_inter[j]));
-    const float sh = safe_shift(m);
-    float sum_s = 0.0f, sum_u = 0.0f;
-#pragma omp simd reduction(+ : sum_s, sum_u)
-    for (int j = 0; j < C; ++j) {
-      const LseState t = lse_push(lse_zero(), logit_from_dist(dr[j], p.log_pi_inter[j]), sh);
-      e[j] = t.s;
-      sum_s += t.s;
-      sum_u += t.u;
-    }
-    const LseState st{sum_s, sum_u};
+    const LseState st = inter_softmax(dr, p.log_pi_inter, C, e);
     if (entropy) entropy[r0 + r] = lse_entropy(st);
-    const float inv_s = 1.0f / sum_s;
+    const float inv_s = 1.0f / st.s;
     float* post = posterior ? posterior + (r0 + r) * C : nullptr;
     for (int j = 0; j < C; ++j) {
       const float pj = e[j] * inv_s;  // == softmax_prob(x_j, sh, inv_s)
@@ -92,17 +113,7 @@ void intra_rows(const CpuParams& p, const float* const* zr, const float* logdet,
   dist_block(zr, p.intra_t + static_cast<int64_t>(c) * p.dim * p.k_pad, p.k_pad, p.dim, s.dist.data());
   for (int r = 0; r < nr; ++r) {
     const float* dr = s.dist.data() + static_cast<int64_t>(r) * p.k_pad;
-    float m = kNegInf;
-    for (int j = 0; j < K; ++j) m = max_skip_nan(m, logit_from_dist(dr[j], lw[j]));
-    const float sh = safe_shift(m);
-    float sum_s = 0.0f, sum_u = 0.0f;
-#pragma omp simd reduction(+ : sum_s, sum_u)
-    for (int j = 0; j < K; ++j) {
-      const LseState t = lse_push(lse_zero(), logit_from_dist(dr[j], lw[j]), sh);
-      sum_s += t.s;
-      sum_u += t.u;
-    }
-    logp[r0 + r] = logp_from_lse(lse_value(LseState{sum_s, sum_u}, sh), logdet[r0 + r], p.dim);
+    logp[r0 + r] = logp_from_lse(mixture_lse(dr, lw, K), logdet[r0 + r], p.dim);
   }
 }
 
@@ -235,35 +246,15 @@ void fused_all_cpu(const CpuParams& p, const float* z, const float* logdet, int6
         const int64_t row = r0 + r;
         const float* dr = dist.data() + static_cast<int64_t>(r) * p.a_pad;
         // inter: the first C centers
-        float m = kNegInf;
-        for (int j = 0; j < C; ++j) m = max_skip_nan(m, logit_from_dist(dr[j], p.log_pi_inter[j]));
-        float sh = safe_shift(m);
-        float sum_s = 0.0f, sum_u = 0.0f;
-#pragma omp simd reduction(+ : sum_s, sum_u)
-        for (int j = 0; j < C; ++j) {
-          const LseState t = lse_push(lse_zero(), logit_from_dist(dr[j], p.log_pi_inter[j]), sh);
-          e[j] = t.s;
-          sum_s += t.s;
-          sum_u += t.u;
-        }
-        if (entropy) entropy[row] = lse_entropy(LseState{sum_s, sum_u});
-        const float inv_s = 1.0f / sum_s;
+        const LseState st = inter_softmax(dr, p.log_pi_inter, C, e.data());
+        if (entropy) entropy[row] = lse_entropy(st);
+        const float inv_s = 1.0f / st.s;
         for (int j = 0; j < C; ++j) msum[j] += e[j] * inv_s;
         // intra: K centers per class after them
         for (int c = 0; c < C; ++c) {
           const float* dc = dr + C + static_cast<int64_t>(c) * K;
           const float* lw = p.log_pi_intra + static_cast<int64_t>(c) * K;
-          float mk = kNegInf;
-          for (int j = 0; j < K; ++j) mk = max_skip_nan(mk, logit_from_dist(dc[j], lw[j]));
-          sh = safe_shift(mk);
-          float ss = 0.0f, su = 0.0f;
-#pragma omp simd reduction(+ : ss, su)
-          for (int j = 0; j < K; ++j) {
-            const LseState t = lse_push(lse_zero(), logit_from_dist(dc[j], lw[j]), sh);
-            ss += t.s;
-            su += t.u;
-          }
-          logp_all[row * C + c] = logp_from_lse(lse_value(LseState{ss, su}, sh), logdet[row], p.dim);
+          logp_all[row * C + c] = logp_from_lse(mixture_lse(dc, lw, K), logdet[row], p.dim);
         }
       }
     }

@@ -28,12 +28,13 @@ NO_GPU_REASON = ("CUDA twin: needs hgad_edge._C built with CUDA (has_cuda()=%s) 
 POISON = np.float32(-7.77e37)  # finite, so an unwritten element fails every comparison
 RTOL = 1e-5  # float32 kernel vs float64 reference
 
-BACKENDS = [
-    pytest.param("native", marks=pytest.mark.skipif(not G.has_native(), reason="hgad_edge._C not built")),
-    "numpy",
-]
-DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not HAS_CUDA_DEVICE,
-                                                                                   reason=NO_GPU_REASON)])]
+NEEDS_NATIVE = pytest.mark.skipif(not G.has_native(), reason="hgad_edge._C not built")
+NEEDS_GPU = [pytest.mark.gpu, pytest.mark.skipif(not HAS_CUDA_DEVICE, reason=NO_GPU_REASON)]
+BACKENDS = [pytest.param("native", marks=NEEDS_NATIVE), "numpy"]
+# (backend, device): both CPU backends, and the native kernel's CUDA twin (the only CUDA path)
+BACKEND_DEVICES = [pytest.param("native", "cpu", marks=NEEDS_NATIVE, id="native-cpu"),
+                   pytest.param("numpy", "cpu", id="numpy-cpu"),
+                   pytest.param("native", "cuda", marks=[NEEDS_NATIVE] + NEEDS_GPU, id="native-cuda")]
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -121,12 +122,9 @@ SHAPES = [  # (N, C, K, D)
 
 
 # ----------------------------------------------------------------------------- parity
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "N%d-C%d-K%d-D%d" % s)
 def test_fused_matches_float64_reference(shape, backend, device):
-    if device == "cuda" and backend != "native":
-        pytest.skip("the CUDA path is the native kernel only")
     rng = np.random.default_rng()
     params, z, logdet = make_level(rng, *shape, tie_first=bool(rng.integers(2)))
     g = G.GaussianMixture(**params, backend=backend)
@@ -171,11 +169,8 @@ def test_native_and_numpy_give_the_same_numbers(backend):
 
 
 # ----------------------------------------------------------------------------- edge cases
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
 def test_empty_input(backend, device):
-    if device == "cuda" and backend != "native":
-        pytest.skip("the CUDA path is the native kernel only")
     rng = np.random.default_rng()
     params, z, logdet = make_level(rng, 0, 4, 3, 37)
     g = G.GaussianMixture(**params, backend=backend)
@@ -188,13 +183,10 @@ def test_empty_input(backend, device):
     assert ent.shape == (0,) and np.all(mean == 0)
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
 def test_huge_distances_stay_finite_and_accurate(backend, device):
     """Distances of 1e4..1e6: exp(-d/2) underflows to 0 in float32 and float64; the stable
     log-sum-exp must still give finite values that match the float64 reference."""
-    if device == "cuda" and backend != "native":
-        pytest.skip("the CUDA path is the native kernel only")
     rng = np.random.default_rng()
     for noise in (10.0, 100.0):  # d ≈ noise² · D ≈ 1.1e4 and 1.1e6
         params, z, logdet = make_level(rng, 200, 6, 10, 112, spread=3.0, noise=noise)
@@ -215,13 +207,10 @@ def test_huge_distances_stay_finite_and_accurate(backend, device):
         assert np.all(out.entropy >= -1e-6) and np.all(out.entropy <= math.log(6) + 1e-5)
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
 def test_nan_propagates(backend, device):
     """Documented policy: a NaN in z[i] makes logp[i], entropy[i] and the posterior mean NaN,
     routing then picks class 0 (np.argmax rule); a NaN in logdet[i] only touches logp[i]."""
-    if device == "cuda" and backend != "native":
-        pytest.skip("the CUDA path is the native kernel only")
     rng = np.random.default_rng()
     params, z, logdet = make_level(rng, 50, 5, 4, 37)
     g = G.GaussianMixture(**params, backend=backend)
@@ -245,12 +234,9 @@ def test_nan_propagates(backend, device):
     assert run_fused(g, zn, logdet, -1, device).class_index == 0
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
 def test_routing_tie_goes_to_the_first_class(backend, device):
     """Two identical classes tie exactly in the posterior mean: the first one wins (np.argmax)."""
-    if device == "cuda" and backend != "native":
-        pytest.skip("the CUDA path is the native kernel only")
     rng = np.random.default_rng()
     params, z, logdet = make_level(rng, 40, 3, 4, 19)
     for key in ("mu", "mu_intra"):
