@@ -185,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _extra_commands():
     """Verbs contributed by optional subpackages (export, bench) when present."""
-    from .stream import register as stream_register
+    from .stream_cli import register as stream_register
 
     out = [stream_register]
     try:
