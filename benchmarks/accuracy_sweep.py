@@ -75,7 +75,7 @@ def main(argv=None) -> int:
     ap.add_argument("--levels", type=_parse_levels, default=ModelConfig(class_names=("x",)).levels,
                     help="the superset of levels to train, stage@scale,... (default: the default levels)")
     ap.add_argument("--subsets", default=None, help="level index sets to evaluate, '0,1;1,2' (default: all)")
-    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--epochs", type=int, default=TrainConfig().epochs)
     ap.add_argument("--image-size", type=int, default=256)
     ap.add_argument("--n-intra", type=int, default=10)
     ap.add_argument("--pool", type=_parse_pool, default=(), help="feature averaging window per level, '3,3,1' "

@@ -97,10 +97,12 @@ class TrainConfig:
     official lr/λ2 leave the flow far from converged within a CPU budget (mean image/pixel AUROC
     0.56/0.61 after 12 epochs) and λ2 = 100 makes the mutual-information term dominate the
     density fit; lr 2e-3 with λ2 = 1 reached 0.86/0.84 in the same time, so those are the
-    defaults. ``--lr 2e-4 --lambda-mi 100`` restores the official values.
+    defaults. ``--lr 2e-4 --lambda-mi 100`` restores the official values. 25 epochs instead of 20
+    (default model, class known): 0.953 / 0.938 → 0.960 / 0.943 on the demo dataset, 0.940 / 0.938
+    → 0.952 / 0.943 on a second draw of it (seed 1), for 25 % more training time.
     """
 
-    epochs: int = 20
+    epochs: int = 25
     batch_size: int = 8
     lr: float = 2e-3
     betas: Tuple[float, float] = (0.95, 0.99)
