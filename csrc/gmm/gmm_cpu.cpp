@@ -53,36 +53,37 @@ struct Scratch {
   std::vector<double> mean;  // (C) posterior sums of this thread
 };
 
-// log Σ_k π_k N(z; μ_k, I) of one row over K centers, from its squared distances (stable LSE).
-inline float mixture_lse(const float* dr, const float* log_pi, int K) {
+// Stable log-sum-exp state of one row's n logits log π_j − ½·d_j (from squared distances d),
+// shifted by *shift (its max). kExp: also write the n shifted exp terms to e.
+template <bool kExp>
+inline LseState row_lse(const float* dr, const float* log_pi, int n, float* e, float* shift) {
   float m = kNegInf;
-  for (int j = 0; j < K; ++j) m = max_skip_nan(m, logit_from_dist(dr[j], log_pi[j]));
+  for (int j = 0; j < n; ++j) m = max_skip_nan(m, logit_from_dist(dr[j], log_pi[j]));
   const float sh = safe_shift(m);
   float sum_s = 0.0f, sum_u = 0.0f;
 #pragma omp simd reduction(+ : sum_s, sum_u)
-  for (int j = 0; j < K; ++j) {
+  for (int j = 0; j < n; ++j) {
     const LseState t = lse_push(lse_zero(), logit_from_dist(dr[j], log_pi[j]), sh);
+    if constexpr (kExp) e[j] = t.s;
     sum_s += t.s;
     sum_u += t.u;
   }
-  return lse_value(LseState{sum_s, sum_u}, sh);
+  *shift = sh;
+  return LseState{sum_s, sum_u};
 }
 
-// One row's inter-class softmax from its squared distances to the C main centers: e[j] gets the
-// unnormalised probability of class j; the returned state gives the entropy and the normaliser.
+// log Σ_k π_k N(z; μ_k, I) of one row over K centers.
+inline float mixture_lse(const float* dr, const float* log_pi, int K) {
+  float sh;
+  const LseState st = row_lse<false>(dr, log_pi, K, nullptr, &sh);
+  return lse_value(st, sh);
+}
+
+// One row's inter-class softmax over the C main centers: e[j] gets the unnormalised probability
+// of class j; the returned state gives the entropy and the normaliser.
 inline LseState inter_softmax(const float* dr, const float* log_pi, int C, float* e) {
-  float m = kNegInf;
-  for (int j = 0; j < C; ++j) m = max_skip_nan(m, logit_from_dist(dr[j], log_pi[j]));
-  const float sh = safe_shift(m);
-  float sum_s = 0.0f, sum_u = 0.0f;
-#pragma omp simd reduction(+ : sum_s, sum_u)
-  for (int j = 0; j < C; ++j) {
-    const LseState t = lse_push(lse_zero(), logit_from_dist(dr[j], log_pi[j]), sh);
-    e[j] = t.s;
-    sum_s += t.s;
-    sum_u += t.u;
-  }
-  return LseState{sum_s, sum_u};
+  float sh;
+  return row_lse<true>(dr, log_pi, C, e, &sh);
 }
 
 // Inter part of rows [r0, r0 + nr): entropy, posterior sums, optional full posterior.
