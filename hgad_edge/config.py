@@ -20,6 +20,12 @@ def default_pool(levels) -> Tuple[int, ...]:
     return tuple(3 if float(scale) == 1.0 else 1 for _, scale in levels)
 
 
+def check_pool(pool: Tuple[int, ...], n_levels: int) -> None:
+    """Refuse pool windows that are not one odd size >= 1 per level."""
+    if len(pool) != n_levels or any(k < 1 or k % 2 == 0 for k in pool):
+        raise ValueError(f"pool needs one odd window >= 1 per level ({n_levels} levels), got {list(pool)}")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Architecture of one HGAD model.
@@ -64,9 +70,7 @@ class ModelConfig:
             object.__setattr__(self, "pool", default_pool(self.levels))
         pool = tuple(int(k) for k in self.pool)
         object.__setattr__(self, "pool", pool * len(self.levels) if len(pool) == 1 else pool)
-        if len(self.pool) != len(self.levels) or any(k < 1 or k % 2 == 0 for k in self.pool):
-            raise ValueError(f"pool needs one odd window >= 1 per level ({len(self.levels)} levels), "
-                             f"got {list(self.pool)}")
+        check_pool(self.pool, len(self.levels))
 
     def to_dict(self) -> Dict[str, Any]:
         d = dataclasses.asdict(self)

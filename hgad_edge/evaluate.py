@@ -24,8 +24,9 @@ log = logging.getLogger(__name__)
 METRICS = ("image_auroc", "pixel_auroc", "aupro")
 
 
-def _class_metrics(raws: Sequence[FrameRaw], masks: Sequence[np.ndarray], labels: np.ndarray,
-                   norm_of: Callable[[int], Normalizer], size: int, combine: str) -> Dict[str, float]:
+def class_metrics(raws: Sequence[FrameRaw], masks: Sequence[np.ndarray], labels: np.ndarray,
+                  norm_of: Callable[[int], Normalizer], size: int, combine: str) -> Dict[str, float]:
+    """Image AUROC (map maximum), pixel AUROC and AUPRO of frames scored with ``norm_of(class)``."""
     maps, scores = [], []
     for raw, mask in zip(raws, masks):
         amap = anomaly_map(raw.logp, raw.entropy, norm_of(raw.class_index), size, combine)
@@ -78,16 +79,16 @@ def evaluate(model_dir: str, data_root: str, classes: Optional[Sequence[str]] = 
         c = det.class_names.index(n)
         row: Dict[str, object] = {
             "n_images": len(labels), "n_anomalous": int(labels.sum()),
-            "known": _class_metrics(p["known"], p["masks"], labels, lambda k: det.normalizers[k], size, combine),
-            "auto": _class_metrics(p["auto"], p["masks"], labels, lambda k: det.normalizers[k], size, combine),
+            "known": class_metrics(p["known"], p["masks"], labels, lambda k: det.normalizers[k], size, combine),
+            "auto": class_metrics(p["auto"], p["masks"], labels, lambda k: det.normalizers[k], size, combine),
             "routing_accuracy": float(np.mean([r.class_index == c for r in p["auto"]])),
         }
         if full:
             transductive = fit_normalizer(p["known"], size)
-            row["transductive"] = _class_metrics(p["known"], p["masks"], labels, lambda k: transductive, size,
+            row["transductive"] = class_metrics(p["known"], p["masks"], labels, lambda k: transductive, size,
                                                  combine)
             for mode in COMBINE_MODES:
-                row[f"known_{mode}"] = _class_metrics(p["known"], p["masks"], labels,
+                row[f"known_{mode}"] = class_metrics(p["known"], p["masks"], labels,
                                                       lambda k: det.normalizers[k], size, mode)
         results[n] = row
     modes = [m for m in results[names[0]] if isinstance(results[names[0]][m], dict)]

@@ -87,7 +87,7 @@ def test_pool_averages_each_cell_with_its_neighbours():
         torch.testing.assert_close(p[..., 0, 0], f[..., :2, :2].mean(dim=(-2, -1)))  # corner: the 4 cells inside
         assert (p - f).abs().max() > 1e-3
     for bad in ((0, 1), (2, 1), (3,)):
-        with pytest.raises(ValueError, match="one odd window size"):
+        with pytest.raises(ValueError, match="one odd window"):
             FeatureExtractor("efficientnet_lite0", levels, weights="none", pool=bad)
 
 
