@@ -72,10 +72,12 @@ class CMakeBuild(build_ext):
 
 
 TORCH = ["torch==2.14.1", "torchvision==0.29.1"]
+VERSION = {}
+exec((ROOT / "hgad_edge" / "version.py").read_text(), VERSION)  # one definition of the version
 
 setup(
     name="hgad_edge",
-    version="0.1.0",
+    version=VERSION["__version__"],
     description="Unified visual anomaly detection (HGAD) for edge deployment",
     python_requires=">=3.9",
     packages=find_packages(include=["hgad_edge", "hgad_edge.*"]) + ["hgad_edge.export"],

@@ -268,7 +268,7 @@ def build_model(image_size: int = 256, n_classes: int = 15, n_intra: int = 10, c
 
     from hgad_edge import artifact
     from hgad_edge.config import ModelConfig
-    from hgad_edge.model import HGAD
+    from hgad_edge.model.hgad import HGAD
 
     np.random.seed(seed)  # FrEIA's soft permutations
     torch.manual_seed(seed)
@@ -348,12 +348,12 @@ def write_model(out_dir: str, image_size: int = 256, n_classes: int = 15, n_intr
     import shutil
 
     from hgad_edge import artifact
-    from hgad_edge._backends import TorchBackend
+    from hgad_edge.runtime.eager import TorchBackend
     from hgad_edge.calibrate import calibrate_class
     from hgad_edge.config import TrainConfig
     from hgad_edge.gmm import GaussianMixture
-    from hgad_edge.scorer import Scorer
-    from hgad_edge.trainer import write_artifact
+    from hgad_edge.runtime.scorer import Scorer
+    from hgad_edge.train.loop import write_artifact
 
     try:
         meta = artifact.read_metadata(out_dir, verify=False)

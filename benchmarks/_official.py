@@ -53,7 +53,7 @@ class OfficialStylePipeline:
                              T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
 
     def _flow_level(self, level: int, feat: torch.Tensor):
-        from hgad_edge.flow import positional_encoding_2d
+        from hgad_edge.model.flow import positional_encoding_2d
 
         m = self.model
         b, d, h, w = feat.shape

@@ -25,14 +25,15 @@ THREADS = C.threads_from_argv(2)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from hgad_edge import data, trainer  # noqa: E402
+from hgad_edge import data  # noqa: E402
+from hgad_edge.train import loop  # noqa: E402
 from hgad_edge.calibrate import fit_normalizer  # noqa: E402
-from hgad_edge.cli import _parse_levels, _parse_pool  # noqa: E402
+from hgad_edge.cli.main import _parse_levels, _parse_pool  # noqa: E402
 from hgad_edge.config import ModelConfig, TrainConfig  # noqa: E402
-from hgad_edge.evaluate import class_metrics  # noqa: E402
+from hgad_edge.evaluation.evaluator import class_metrics  # noqa: E402
 from hgad_edge.gmm import GaussianMixture  # noqa: E402
-from hgad_edge.model import HGAD  # noqa: E402
-from hgad_edge.scorer import FrameRaw, Scorer  # noqa: E402
+from hgad_edge.model.hgad import HGAD  # noqa: E402
+from hgad_edge.runtime.scorer import FrameRaw, Scorer  # noqa: E402
 
 MAPS = ("position", "loglik")
 
@@ -78,24 +79,24 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=THREADS)
     a = ap.parse_args(argv)
     classes = data.resolve_classes(a.data, None)
-    trainer.seed_everything(0)
+    loop.seed_everything(0)
     model = HGAD(ModelConfig(class_names=classes, levels=a.levels, image_size=a.image_size, n_intra=a.n_intra,
                               pool=a.pool, pos_dim=a.pos_dim))
     fit, cal = data.split_calibration(data.train_samples(a.data, classes), 0.2, 0)
     test = data.test_samples(a.data, classes)
-    feats = {k: trainer.cache_features(model, trainer.load_images(s, True, k), 16, True)
+    feats = {k: loop.cache_features(model, loop.load_images(s, True, k), 16, True)
              for k, s in (("fit", fit), ("cal", cal), ("test", test))}
     model.set_feature_stats(feats["fit"])
     if a.no_condition:
         for l in range(model.n_levels):
             model.position_condition(l).zero_()
     cfg = TrainConfig(epochs=a.epochs)
-    opt = trainer.make_optimizer(model, cfg)
-    sched = trainer.make_scheduler(opt, cfg, math.ceil(len(fit) / cfg.batch_size))
+    opt = loop.make_optimizer(model, cfg)
+    sched = loop.make_scheduler(opt, cfg, math.ceil(len(fit) / cfg.batch_size))
     fit_y = torch.tensor([s.class_index for s in fit])
     t0 = time.time()
     for ep in range(cfg.epochs):
-        losses = trainer.train_epoch(model, feats["fit"], fit_y, opt, sched, cfg, ep, False)
+        losses = loop.train_epoch(model, feats["fit"], fit_y, opt, sched, cfg, ep, False)
         print(f"epoch {ep + 1}: " + " ".join(f"{k}={v:.3f}" for k, v in losses.items()), flush=True)
     model.eval()
     cal_y, test_y = [s.class_index for s in cal], [s.class_index for s in test]

@@ -30,8 +30,8 @@ def demo_model(workdir: str, image_size: int = 128) -> str:
     """Make a small demo dataset and train a tiny model on it (as the integration tests do)."""
     from hgad_edge import data
     from hgad_edge.config import ModelConfig, TrainConfig
-    from hgad_edge.demo_data import make_demo_data
-    from hgad_edge.trainer import train
+    from hgad_edge.data.demo import make_demo_data
+    from hgad_edge.train.loop import train
 
     root, run = os.path.join(workdir, "demo"), os.path.join(workdir, "run")
     make_demo_data(root, classes=("brick", "tissue", "coffee"), n_train=12, n_test_good=4, n_test_defect=5,
@@ -44,7 +44,7 @@ def demo_model(workdir: str, image_size: int = 128) -> str:
 
 def demo_frames(workdir: str, n: int, size: int) -> list:
     """``n`` frames cycling over demo test images (good and defective), ``size``²."""
-    from hgad_edge.demo_data import make_demo_data
+    from hgad_edge.data.demo import make_demo_data
 
     root = os.path.join(workdir, "frames_data")
     if not os.path.isdir(root):

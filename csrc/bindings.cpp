@@ -41,6 +41,39 @@ float* out_ptr(py::array& a, std::vector<py::ssize_t> shape, const char* name) {
 }
 #endif
 
+// Host-side checks of the raw-pointer CUDA entry points (the kernels cannot raise).
+void check_n(int64_t n) {
+  if (n < 0) throw py::value_error("n must be >= 0, got " + std::to_string(n));
+}
+
+void check_ptr(uintptr_t ptr, const char* name) {
+  if (ptr == 0) throw py::value_error(std::string(name) + " must be a device pointer, got 0 (null)");
+}
+
+void check_class(int c, int n_classes) {
+  if (c < -1 || c >= n_classes)
+    throw py::value_error("class_index must be -1 (route) or 0.." + std::to_string(n_classes - 1) + ", got " +
+                          std::to_string(c));
+}
+
+// _C.route_cuda: class_out = class_index, or the multi-level argmax of the (L, C) means.
+void route_cuda(uintptr_t means, int n_levels, int n_classes, int class_index, uintptr_t class_out,
+                uintptr_t stream) {
+  if (n_levels < 1) throw py::value_error("n_levels must be >= 1, got " + std::to_string(n_levels));
+  if (n_classes < 1) throw py::value_error("n_classes must be >= 1, got " + std::to_string(n_classes));
+  check_class(class_index, n_classes);
+  check_ptr(class_out, "class_out");
+  if (class_index < 0) check_ptr(means, "means");
+#if defined(WITH_CUDA)
+  py::gil_scoped_release nogil;
+  hgad::gmm::route_cuda(reinterpret_cast<const float*>(means), n_levels, n_classes, class_index,
+                        reinterpret_cast<int32_t*>(class_out), stream);
+#else
+  (void)stream;
+  no_cuda();
+#endif
+}
+
 // The model side of one level, laid out once for the kernels.
 class GMMParams {
  public:
@@ -173,10 +206,9 @@ class GMMParams {
 #if defined(WITH_CUDA)
     if (c < -1 || c >= C_) throw py::value_error("class_index must be -1 (auto) or 0.." + std::to_string(C_ - 1));
     if (n < 0) throw py::value_error("n must be >= 0");
-    if (dev_.centers == nullptr)
-      dev_ = hgad::gmm::cuda_upload(mu_.data(), lpi_.data(), mu_intra_.data(), lpk_.data(), C_, K_, D_);
+    const auto& dev = device_params();
     py::gil_scoped_release nogil;
-    hgad::gmm::fused_cuda(dev_, reinterpret_cast<const void*>(z), z_half, reinterpret_cast<const float*>(logdet), n,
+    hgad::gmm::fused_cuda(dev, reinterpret_cast<const void*>(z), z_half, reinterpret_cast<const float*>(logdet), n,
                           c, reinterpret_cast<float*>(logp), reinterpret_cast<float*>(entropy),
                           reinterpret_cast<float*>(mean), reinterpret_cast<int32_t*>(class_out), stream);
 #else
@@ -186,7 +218,56 @@ class GMMParams {
 #endif
   }
 
+  // Inter part of this level: entropy (n) and posterior image mean (C) on the device.
+  void inter_cuda(uintptr_t z, bool z_half, int64_t n, uintptr_t entropy, uintptr_t mean, uintptr_t stream) {
+    check_n(n);
+    check_ptr(mean, "mean");
+    if (n > 0) {
+      check_ptr(z, "z");
+      check_ptr(entropy, "entropy");
+    }
+#if defined(WITH_CUDA)
+    const auto& dev = device_params();
+    py::gil_scoped_release nogil;
+    hgad::gmm::inter_cuda(dev, reinterpret_cast<const void*>(z), z_half, n, reinterpret_cast<float*>(entropy),
+                          reinterpret_cast<float*>(mean), stream);
+#else
+    (void)z_half, (void)stream;
+    no_cuda();
+#endif
+  }
+
+  // Intra part of this level for the class in device memory at class_ptr: logp (n).
+  void intra_cuda(uintptr_t z, bool z_half, uintptr_t logdet, int64_t n, uintptr_t class_ptr, uintptr_t logp,
+                  uintptr_t stream) {
+    check_n(n);
+    if (n > 0) {
+      check_ptr(z, "z");
+      check_ptr(logdet, "logdet");
+      check_ptr(class_ptr, "class_ptr");
+      check_ptr(logp, "logp");
+    }
+#if defined(WITH_CUDA)
+    const auto& dev = device_params();
+    py::gil_scoped_release nogil;
+    hgad::gmm::intra_cuda(dev, reinterpret_cast<const void*>(z), z_half, reinterpret_cast<const float*>(logdet), n,
+                          reinterpret_cast<const int32_t*>(class_ptr), reinterpret_cast<float*>(logp), stream);
+#else
+    (void)z_half, (void)stream;
+    no_cuda();
+#endif
+  }
+
  private:
+#if defined(WITH_CUDA)
+  // The device copy, uploaded to the current device by the first CUDA call (synchronous, once).
+  const hgad::gmm::DeviceParams& device_params() {
+    if (dev_.centers == nullptr)
+      dev_ = hgad::gmm::cuda_upload(mu_.data(), lpi_.data(), mu_intra_.data(), lpk_.data(), C_, K_, D_);
+    return dev_;
+  }
+#endif
+
   int C_ = 0, K_ = 0, D_ = 0, cp_ = 0, kp_ = 0, ap_ = 0;
   std::vector<float> mu_, mu_intra_, lpi_, lpk_, inter_t_, intra_t_, all_t_;
 #if defined(WITH_CUDA)
@@ -223,5 +304,25 @@ PYBIND11_MODULE(_C, m) {
       .def("fused_all", &GMMParams::fused_all, py::arg("z"), py::arg("logdet"))
       .def("fused_cuda", &GMMParams::fused_cuda, py::arg("z"), py::arg("z_half"), py::arg("logdet"), py::arg("n"),
            py::arg("class_index"), py::arg("logp"), py::arg("entropy"), py::arg("posterior_mean"),
-           py::arg("class_out"), py::arg("stream"));
+           py::arg("class_out"), py::arg("stream"),
+           "The fused kernel on raw device pointers, asynchronous on stream. class_index -1 routes on THIS level's\n"
+           "posterior mean only; for the multi-level rule use inter_cuda per level, route_cuda, intra_cuda per level.")
+      .def("inter_cuda", &GMMParams::inter_cuda, py::arg("z"), py::arg("z_half"), py::arg("n"), py::arg("entropy"),
+           py::arg("mean"), py::arg("stream"),
+           "Inter part of this level on raw device pointers, asynchronous on stream (a cudaStream_t; 0 = legacy\n"
+           "default). z: (n, D) float32, or float16 when z_half. Writes entropy (n,) f32 and the posterior image\n"
+           "mean (C,) f32 (zeroed, then accumulated; n = 0 gives zeros). The first CUDA call of a GMMParams\n"
+           "uploads the mixture to the current device (synchronous, once).")
+      .def("intra_cuda", &GMMParams::intra_cuda, py::arg("z"), py::arg("z_half"), py::arg("logdet"), py::arg("n"),
+           py::arg("class_ptr"), py::arg("logp"), py::arg("stream"),
+           "Intra part of this level on raw device pointers, asynchronous on stream. z: (n, D) f32 (f16 when\n"
+           "z_half), logdet (n,) f32; the class is the int32 at class_ptr, read inside the kernel (no host\n"
+           "sync). Writes logp (n,) f32; a class outside 0..C-1 gives NaN logp (nothing out of bounds is read).");
+  m.def("route_cuda", &route_cuda, py::arg("means"), py::arg("n_levels"), py::arg("n_classes"),
+        py::arg("class_index"), py::arg("class_out"), py::arg("stream"),
+        "Writes the routed class to class_out (1,) int32 on the device, asynchronous on stream (one\n"
+        "single-thread kernel, no host sync). class_index >= 0 is written as is (means is not read); -1 writes\n"
+        "argmax over c of the mean over levels of means[l, c], means (n_levels, n_classes) float32 row-major\n"
+        "on the device: the first maximum wins and a NaN counts as the maximum (np.argmax of np.mean(means,\n"
+        "axis=0), hgad_edge.gmm.route). Raises ValueError on bad arguments, RuntimeError without CUDA.");
 }

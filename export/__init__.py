@@ -1,36 +1,32 @@
-"""hgad_edge.export: ONNX graphs with folded flows, TensorRT engines, and the optimized runtimes.
+"""hgad_edge.export: the build side — ONNX graphs with folded flows, TensorRT engines (builder and
+INT8 calibrator) and Triton model repositories. Imported by the CLI only; running an artifact
+needs none of it (that is ``hgad_edge.runtime``).
 
 The top-level ``export/`` folder is this subpackage (``package_dir`` in setup.py).
 
 * ``pipeline.export_model(run_dir, ExportConfig(...))`` — ``hgad-edge export``.
-* ``runtime.make_backend(name, run_dir, meta, ...)`` — the ``onnxruntime`` / ``tensorrt``
-  backends of ``hgad_edge.Detector``.
-* ``bench.run_bench(run_dir, data_root)`` — ``hgad-edge bench``.
 * ``fold.FoldedFlow`` — one level's flow with the positional condition folded into bias tables.
+* ``triton.export_triton(run_dir, repo)`` — ``hgad-edge export --format triton``.
 
 Importing this package imports neither TensorRT nor pycuda (nor ONNX Runtime): each is imported
 by the function that needs it.
 """
 from __future__ import annotations
 
-__all__ = ["ExportConfig", "export_model", "make_backend", "run_bench", "FoldedFlow"]
+__all__ = ["ExportConfig", "export_model", "FoldedFlow", "export_triton"]
 
 
 def __getattr__(name: str):
     if name in ("ExportConfig", "export_model"):
-        from . import pipeline
+        from hgad_edge.export import pipeline
 
         return getattr(pipeline, name)
-    if name == "make_backend":
-        from .runtime import make_backend
-
-        return make_backend
-    if name == "run_bench":
-        from .bench import run_bench
-
-        return run_bench
     if name == "FoldedFlow":
-        from .fold import FoldedFlow
+        from hgad_edge.export.fold import FoldedFlow
 
         return FoldedFlow
+    if name == "export_triton":
+        from hgad_edge.export.triton import export_triton
+
+        return export_triton
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

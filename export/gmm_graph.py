@@ -9,20 +9,12 @@ logits without the class-independent −½||z||².
 """
 from __future__ import annotations
 
-import math
 from typing import List, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 
-LOG_2PI = math.log(2.0 * math.pi)
-
-
-def _sqdist(z: torch.Tensor, mu: torch.Tensor, mu_sq: torch.Tensor) -> torch.Tensor:
-    """||z − μ||² of (B, N, D) rows against (M, D) centers → (B, N, M), clamped at 0."""
-    z_sq = (z * z).sum(dim=-1, keepdim=True)  # (B, N, 1)
-    d = z_sq - 2.0 * torch.matmul(z, mu.t()) + mu_sq  # (B, N, M)
-    return torch.clamp(d, min=0.0)
+from hgad_edge.model.mixture import inter_logits, intra_lse, log_likelihood
 
 
 class LevelGMM(nn.Module):
@@ -38,16 +30,13 @@ class LevelGMM(nn.Module):
         self.register_buffer("mu", mu)
         self.register_buffer("mu_sq", (mu * mu).sum(-1))  # (C,)
         self.register_buffer("log_pi_inter", torch.as_tensor(log_pi_inter, dtype=torch.float32).reshape(c))  # (C,)
-        self.register_buffer("mu_intra", flat)
+        self.register_buffer("mu_intra", mu_intra)  # (C, K, D)
         self.register_buffer("mu_intra_sq", (flat * flat).sum(-1))  # (C·K,)
-        self.register_buffer("log_pi_intra", torch.as_tensor(log_pi_intra, dtype=torch.float32).reshape(c * k))
-        self.const = -0.5 * LOG_2PI * d
+        self.register_buffer("log_pi_intra", torch.as_tensor(log_pi_intra, dtype=torch.float32).reshape(c, k))
 
     def inter(self, z: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """z (B, N, D) → entropy (B, N), image-mean posterior (B, C)."""
-        # −½||z||² cancels in the softmax (see GaussianMixture._np_logits): a random test model
-        # with far-out z showed 1e-3 relative entropy error with it in.
-        logits = torch.matmul(z, self.mu.t()) - 0.5 * self.mu_sq + self.log_pi_inter  # (B, N, C)
+        logits = inter_logits(z, self.mu, self.log_pi_inter, self.mu_sq, softmax_only=True)  # (B, N, C)
         logq = torch.log_softmax(logits, dim=-1)  # (B, N, C)
         p = torch.exp(logq)  # (B, N, C)
         entropy = -(p * logq).sum(dim=-1)  # (B, N)
@@ -55,11 +44,8 @@ class LevelGMM(nn.Module):
 
     def intra_all(self, z: torch.Tensor, logdet: torch.Tensor) -> torch.Tensor:
         """z (B, N, D), logdet (B, N) → logp / D of every class (B, N, C)."""
-        b, n, _ = z.shape
-        logits = -0.5 * _sqdist(z, self.mu_intra, self.mu_intra_sq) + self.log_pi_intra  # (B, N, C·K)
-        logits = logits.reshape(b, n, self.n_classes, self.n_intra)  # (B, N, C, K)
-        lse = torch.logsumexp(logits, dim=-1)  # (B, N, C)
-        return (self.const + lse + logdet.unsqueeze(-1)) / self.dim  # (B, N, C)
+        lse = intra_lse(z, self.mu_intra, self.log_pi_intra, self.mu_intra_sq)  # (B, N, C)
+        return log_likelihood(lse, logdet.unsqueeze(-1), self.dim)  # (B, N, C)
 
 
 class GMMScoring(nn.Module):

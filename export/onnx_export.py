@@ -25,8 +25,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .fold import FoldedFlows
-from .gmm_graph import GMMScoring
+from hgad_edge import fileio
+from hgad_edge.export.fold import FoldedFlows
+from hgad_edge.export.gmm_graph import GMMScoring
 
 log = logging.getLogger(__name__)
 
@@ -87,15 +88,18 @@ def io_names(n_levels: int) -> Dict[str, List[str]]:
 def _export(module: nn.Module, args: tuple, path: str, inputs: Sequence[str], outputs: Sequence[str],
             opset: int) -> None:
     dyn = {name: {0: "batch"} for name in list(inputs) + list(outputs)}
-    tmp = path + ".tmp"
-    with torch.no_grad(), warnings.catch_warnings():
-        # dynamo=False is deliberate (see module docstring): silence only its deprecation notices.
-        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export", category=DeprecationWarning)
-        warnings.filterwarnings("ignore", message="The feature will be removed", category=DeprecationWarning)
-        torch.onnx.export(module.eval(), args, tmp, dynamo=False, opset_version=opset, input_names=list(inputs),
-                          output_names=list(outputs), dynamic_axes=dyn, do_constant_folding=True)
-    check_onnx(tmp)
-    os.replace(tmp, path)
+
+    def write(tmp: str) -> None:
+        with torch.no_grad(), warnings.catch_warnings():
+            # dynamo=False is deliberate (see module docstring): silence only its deprecation notices.
+            warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export",
+                                    category=DeprecationWarning)
+            warnings.filterwarnings("ignore", message="The feature will be removed", category=DeprecationWarning)
+            torch.onnx.export(module.eval(), args, tmp, dynamo=False, opset_version=opset, input_names=list(inputs),
+                              output_names=list(outputs), dynamic_axes=dyn, do_constant_folding=True)
+        check_onnx(tmp)
+
+    fileio.atomic_write(path, write)
 
 
 def check_onnx(path: str) -> None:
@@ -145,7 +149,7 @@ def export_onnx(model: nn.Module, out_dir: str, opset: int = DEFAULT_OPSET, full
 
 def ort_session(path: str, threads: Optional[int] = None, providers: Optional[Sequence[str]] = None):
     """An ONNX Runtime session with our options (see ``runtime.session_options``)."""
-    from .runtime import make_session
+    from hgad_edge.runtime.ort import make_session
 
     return make_session(path, threads=threads, providers=providers)
 

@@ -1,9 +1,10 @@
 """``export_model``: add ONNX graphs / TensorRT engines to a model directory and register them.
 
-Everything written is recorded in ``model.json`` with its checksum (``artifact.add_files``) under
-``meta["exports"][backend]``:
+Everything written is recorded in ``model.json`` with its checksum (``Artifact.add_files``) under
+``Artifact.exports[backend]``:
 
-* ``"onnxruntime"``: files, opset, precision, folded, validation errors vs the eager model.
+* ``"onnxruntime"``: files, opset, precision, folded, validation errors vs the eager model and
+  ``status`` ("passed" / "failed": a failed export is kept for inspection but never loaded).
 * ``"tensorrt"``: per precision, the engine file and what it was built for (GPU, compute
   capability, TensorRT version).
 """
@@ -16,10 +17,12 @@ from typing import Optional, Tuple
 
 import numpy as np
 
+from hgad_edge.artifact import Artifact
+from hgad_edge.runtime.registry import PRECISIONS
+
 log = logging.getLogger(__name__)
 
 FORMATS = ("onnx", "tensorrt")
-PRECISIONS = ("fp32", "fp16", "int8")
 # ORT vs eager torch on calibration images, relative to each output's range: looser than the
 # map tolerance (1e-4) is a failed export, not a rounding difference.
 VALIDATION_TOL = 1e-3
@@ -63,24 +66,22 @@ class ExportConfig:
             raise ValueError(f"max_batch must be >= 1, got {self.max_batch}")
 
 
-def calibration_images(meta: dict, override: Optional[str] = None, limit: int = 64) -> list:
+def calibration_images(art, override: Optional[str] = None, limit: int = 64) -> list:
     """Paths of normal images for validation / INT8 calibration.
 
     ``override``: a folder (searched recursively for images); default: the artifact's held-out
-    calibration files (``meta["data"]["calibration_files"]`` relative to ``meta["data"]["root"]``).
+    calibration files that still exist (``Artifact.calibration_paths``).
     """
-    exts = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+    from hgad_edge import data
+
     if override:
         if not os.path.isdir(override):
             raise FileNotFoundError(f"calibration folder not found: {override}")
-        paths = sorted(os.path.join(d, f) for d, _, fs in os.walk(override) for f in fs if f.lower().endswith(exts))
+        paths = data.images_under(override)
         if not paths:
-            raise ValueError(f"no images ({', '.join(exts)}) under {override}")
+            raise ValueError(f"no images ({', '.join(data.IMAGE_EXTENSIONS)}) under {override}")
     else:
-        data = meta.get("data", {})
-        root = data.get("root", "")
-        paths = [os.path.join(root, p) for p in data.get("calibration_files", [])]
-        paths = [p for p in paths if os.path.isfile(p)]
+        paths = art.calibration_paths()
     return paths[:limit]
 
 
@@ -92,26 +93,25 @@ def load_batch(paths, image_size: int) -> np.ndarray:
     return preprocess([data.read_image(p) for p in paths], image_size)
 
 
-def export_model(run_dir: str, cfg: ExportConfig) -> dict:
-    """Export the model in ``run_dir`` as ``cfg`` says; returns the updated metadata."""
+def export_model(run_dir: str, cfg: ExportConfig) -> Artifact:
+    """Export the model in ``run_dir`` as ``cfg`` says; returns the updated artifact."""
     import onnx
     import torch
 
-    from hgad_edge import artifact
-    from hgad_edge.detector import load_model
+    from hgad_edge.runtime.eager import load_model
 
-    from .onnx_export import export_onnx, validate_network
+    from hgad_edge.export.onnx_export import export_onnx, validate_network
 
     if "tensorrt" in cfg.formats:  # fail before the ONNX export when TensorRT cannot run here
-        from . import trt_compat
+        from hgad_edge.runtime import trt_compat
 
         trt_compat.import_tensorrt()
         trt_compat.import_pycuda()
-    meta = artifact.read_metadata(run_dir)
-    model = load_model(run_dir, meta)
-    size = int(meta["model_config"]["image_size"])
+    art = Artifact.read(run_dir)
+    model = load_model(art)
+    size = art.image_size
     files = export_onnx(model, run_dir, opset=cfg.opset, full_graph=cfg.full_graph)
-    paths = calibration_images(meta, cfg.calib_data, cfg.validate_images)
+    paths = calibration_images(art, cfg.calib_data, cfg.validate_images)
     if paths:
         images, source = load_batch(paths, size), "calibration images"
     else:
@@ -122,17 +122,27 @@ def export_model(run_dir: str, cfg: ExportConfig) -> dict:
     status = "passed" if max(err.values()) <= VALIDATION_TOL else "failed"
     log.info("ONNX validation vs eager torch on %d %s: %s (%s)", len(images), source, err, status)
     onnx_info = {"files": files, "opset": int(cfg.opset), "precision": "fp32", "folded": True,
-                 "full_graph": bool(cfg.full_graph), "dynamic_batch": True,
+                 "full_graph": bool(cfg.full_graph), "dynamic_batch": True, "status": status,
                  "onnx": onnx.__version__, "torch": torch.__version__,
                  "validation": {"images": len(images), "source": source, "max_rel_err": err,
                                 "tolerance": VALIDATION_TOL, "status": status}}
 
-    def update(m: dict) -> None:
-        m.setdefault("exports", {})["onnxruntime"] = onnx_info
+    def update(a: Artifact) -> None:
+        a.exports["onnxruntime"] = onnx_info
 
-    meta = artifact.add_files(run_dir, list(files.values()), update=update)
-    if "tensorrt" in cfg.formats:
-        from .tensorrt_backend import build_engines
+    art.add_files(list(files.values()), update=update)
+    if status != "passed":
+        log.warning("the ONNX export failed validation (%s > %s): it is recorded but no backend will load it",
+                    err, VALIDATION_TOL)
+    if "tensorrt" in cfg.formats and status == "passed":
+        from hgad_edge.export.tensorrt_build import build_engines
 
-        meta = build_engines(run_dir, meta, cfg)
-    return meta
+        calib = None
+        if "int8" in cfg.precisions:
+            calib_paths = calibration_images(art, cfg.calib_data, cfg.calib_images)
+            if not calib_paths:
+                raise ValueError("INT8 calibration needs normal images: the artifact's calibration files "
+                                 f"are not under {art.data.get('root')!r}; pass --calib-data DIR")
+            calib = load_batch(calib_paths, size)
+        art = build_engines(art, cfg, calib)
+    return art

@@ -1,4 +1,4 @@
-"""A Triton Inference Server model repository of the full-graph model (DESIGN.md §5).
+"""A Triton Inference Server model repository of the full-graph model (docs/design.md §5).
 
 ``export_triton(run_dir, repo)`` writes::
 
@@ -12,10 +12,10 @@ Graph (tensor names; Triton adds the batch axis):
 ``class_index`` INT64 [1] (−1 = route) → ``posterior`` FP32 [C], ``routed_class`` INT64 [1],
 ``logp_l`` / ``entropy_l`` FP32 [h_l, w_l] per level.
 
-The map normalisation, upsampling, blur and threshold (``hgad_edge.postprocess``) stay on the
-client, as with every other backend: they need the routed class's constants (in the parameters
-here), the threshold moves with the target false-positive rate without a re-export, and the
-client resizes the map to its own frame size anyway. ``client_postprocess`` is that step.
+The map normalisation, upsampling, blur and threshold (``hgad_edge.postprocess.finalize``) stay
+on the client, as with every other backend: they need the routed class's constants (in the
+parameters here), the threshold moves with the target false-positive rate without a re-export,
+and the client resizes the map to its own frame size. ``client_postprocess`` is that step.
 
 With ``accelerator="tensorrt"`` the config asks Triton's ONNX Runtime backend for its TensorRT
 execution provider (``optimization.execution_accelerators``): TensorRT speed with the same
@@ -32,6 +32,12 @@ import tempfile
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
+
+from hgad_edge import fileio
+from hgad_edge.artifact import Artifact
+from hgad_edge.calibrate import threshold
+from hgad_edge.postprocess import FrameRaw, Normalizer, finalize
+from hgad_edge.result import Result
 
 log = logging.getLogger(__name__)
 
@@ -53,20 +59,17 @@ def _tensor(name: str, dtype: str, dims: Sequence[int], extra: str = "") -> str:
     return "  {\n    " + body + (("\n    " + extra) if extra else "") + "\n  }"
 
 
-def parameters(meta: dict, target_fpr: Optional[float] = None) -> Dict[str, str]:
+def parameters(art: Artifact, target_fpr: Optional[float] = None) -> Dict[str, str]:
     """Everything a client needs beyond the graph, as Triton string parameters."""
-    from hgad_edge.calibrate import threshold
-
-    cfg = meta["model_config"]
-    combine = meta.get("combine", "product")
-    fpr = float(meta.get("target_fpr", 0.01) if target_fpr is None else target_fpr)
-    params = {"classes": json.dumps(list(cfg["class_names"])), "image_size": str(int(cfg["image_size"])),
-              "feature_shapes": json.dumps([list(s) for s in meta["feature_shapes"]]), "combine": combine,
+    combine = art.combine
+    fpr = float(art.target_fpr if target_fpr is None else target_fpr)
+    params = {"classes": json.dumps(art.class_names), "image_size": str(art.image_size),
+              "feature_shapes": json.dumps([list(s) for s in art.feature_shapes]), "combine": combine,
               "target_fpr": repr(fpr), "input_format": "BGR uint8 -> resize SxS, RGB, /255, ImageNet mean/std, NCHW float32",
-              "postprocess": "hgad_edge.postprocess.anomaly_map(logp_l, entropy_l, normalizer[class], S, combine); "
-                             "raw score = map max; anomaly if raw > threshold[class]"}
-    for name in cfg["class_names"]:
-        cal = meta["calibration"][name]
+              "postprocess": "hgad_edge.postprocess.finalize (anomaly_map(logp_l, entropy_l, normalizer[class], "
+                             "S, combine); raw score = map max; anomaly if raw > threshold[class])"}
+    for name in art.class_names:
+        cal = art.calibration[name]
         thr, spread = threshold(cal["scores"][combine], fpr)
         params[f"class.{name}.threshold"] = repr(float(thr))
         params[f"class.{name}.spread"] = repr(float(spread))
@@ -75,7 +78,7 @@ def parameters(meta: dict, target_fpr: Optional[float] = None) -> Dict[str, str]
     return params
 
 
-def config_pbtxt(name: str, meta: dict, max_batch: int = 8, instance_kind: str = "gpu", instance_count: int = 1,
+def config_pbtxt(name: str, art: Artifact, max_batch: int = 8, instance_kind: str = "gpu", instance_count: int = 1,
                  accelerator: str = "none", precision: str = "fp16", target_fpr: Optional[float] = None) -> str:
     """The ``config.pbtxt`` text (protobuf text format of Triton's ``ModelConfig``)."""
     if instance_kind not in INSTANCE_KINDS:
@@ -86,13 +89,13 @@ def config_pbtxt(name: str, meta: dict, max_batch: int = 8, instance_kind: str =
         raise ValueError("the TensorRT accelerator needs GPU instances (instance kind 'gpu')")
     if max_batch < 1 or instance_count < 1:
         raise ValueError(f"max_batch and instance_count must be >= 1, got {max_batch}, {instance_count}")
-    s = int(meta["model_config"]["image_size"])
-    n_classes = len(meta["model_config"]["class_names"])
+    s = art.image_size
+    n_classes = len(art.class_names)
     scalar = "reshape: { shape: [ ] }"  # the graph's (B,) tensors: Triton dims [1] without the batch axis
     inputs = [_tensor("image", "TYPE_FP32", [3, s, s]), _tensor("class_index", "TYPE_INT64", [1], scalar)]
     outputs = [_tensor("posterior", "TYPE_FP32", [n_classes], f"label_filename: {_q(LABELS)}"),
                _tensor("routed_class", "TYPE_INT64", [1], scalar)]
-    for l, (h, w) in enumerate(meta["feature_shapes"]):
+    for l, (h, w) in enumerate(art.feature_shapes):
         outputs += [_tensor(f"logp_{l}", "TYPE_FP32", [h, w]), _tensor(f"entropy_{l}", "TYPE_FP32", [h, w])]
     lines = [f"name: {_q(name)}", 'backend: "onnxruntime"', f"max_batch_size: {int(max_batch)}",
              "input [\n" + ",\n".join(inputs) + "\n]", "output [\n" + ",\n".join(outputs) + "\n]",
@@ -104,7 +107,7 @@ def config_pbtxt(name: str, meta: dict, max_batch: int = 8, instance_kind: str =
                      f'      name : "tensorrt"\n      parameters {{ key: "precision_mode" value: {_q(mode)} }}\n'
                      '      parameters { key: "max_workspace_size_bytes" value: "1073741824" }\n'
                      "    } ]\n  }\n}")
-    for key, value in parameters(meta, target_fpr).items():
+    for key, value in parameters(art, target_fpr).items():
         lines.append(f"parameters {{\n  key: {_q(key)}\n  value: {{ string_value: {_q(value)} }}\n}}")
     return "\n".join(lines) + "\n"
 
@@ -116,31 +119,31 @@ def export_triton(run_dir: str, repo: str, name: str = "hgad_edge", max_batch: i
 
     Raises ``ValueError`` when the model folder exists and ``overwrite`` is false.
     """
-    from hgad_edge import artifact
-    from hgad_edge.detector import load_model
-
-    from .onnx_export import FILES, export_onnx
+    from hgad_edge.export.onnx_export import FILES, export_onnx
+    from hgad_edge.runtime.eager import load_model
 
     if not name or os.sep in name or name.startswith("."):
         raise ValueError(f"model name {name!r} must be a plain folder name")
-    meta = artifact.read_metadata(run_dir)
-    text = config_pbtxt(name, meta, max_batch, instance_kind, instance_count, accelerator, precision, target_fpr)
+    art = Artifact.read(run_dir)
+    text = config_pbtxt(name, art, max_batch, instance_kind, instance_count, accelerator, precision, target_fpr)
     folder = os.path.join(repo, name)
     if os.path.exists(folder) and not overwrite:
         raise ValueError(f"{folder} already exists; choose another --model-name or remove it")
-    with tempfile.TemporaryDirectory(prefix="hgad_triton_") as tmp:
-        export_onnx(load_model(run_dir, meta), tmp, opset=opset, full_graph=True)
-        stage = folder + ".tmp"
+    os.makedirs(repo, exist_ok=True)
+    stage = tempfile.mkdtemp(prefix="." + name + ".", suffix=".tmp", dir=repo)  # exclusive, same filesystem
+    try:
+        with tempfile.TemporaryDirectory(prefix="hgad_triton_") as tmp:
+            export_onnx(load_model(art), tmp, opset=opset, full_graph=True)
+            os.makedirs(os.path.join(stage, "1"))
+            shutil.copyfile(os.path.join(tmp, FILES["full_graph"]), os.path.join(stage, "1", "model.onnx"))
+        fileio.write_bytes(os.path.join(stage, "config.pbtxt"), text.encode("utf-8"))
+        fileio.write_bytes(os.path.join(stage, LABELS), ("\n".join(art.class_names) + "\n").encode("utf-8"))
+        if os.path.exists(folder):
+            shutil.rmtree(folder)
+        os.replace(stage, folder)
+    except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
-        os.makedirs(os.path.join(stage, "1"))
-        shutil.copyfile(os.path.join(tmp, FILES["full_graph"]), os.path.join(stage, "1", "model.onnx"))
-    with open(os.path.join(stage, "config.pbtxt"), "w", encoding="utf-8") as f:
-        f.write(text)
-    with open(os.path.join(stage, LABELS), "w", encoding="utf-8") as f:
-        f.write("\n".join(meta["model_config"]["class_names"]) + "\n")
-    if os.path.exists(folder):
-        shutil.rmtree(folder)
-    os.replace(stage, folder)
+        raise
     log.info("Triton model %r written to %s", name, folder)
     return folder
 
@@ -200,28 +203,25 @@ def parse_pbtxt(text: str):
     return message(None)
 
 
-def client_postprocess(outputs: Dict[str, np.ndarray], params: Dict[str, str], index: int = 0) -> dict:
-    """What a Triton client does with one image's outputs: the Detector's ``post_process``.
+def client_postprocess(outputs: Dict[str, np.ndarray], params: Dict[str, str], index: int = 0,
+                       out_hw: Optional[Sequence[int]] = None) -> Result:
+    """What a Triton client does with one image's outputs: the Detector's post-processing
+    (``hgad_edge.postprocess.finalize``), with the constants from the model's parameters.
 
     Args:
         outputs: the graph outputs by name (batched arrays).
         params: ``config.pbtxt`` parameters (key → string value).
         index: the image within the batch.
-
-    Returns:
-        ``{"class_name", "raw_score", "score", "is_anomaly", "anomaly_map" (S, S)}``.
+        out_hw: (height, width) of the client's frame: the map and mask are resized to it
+            (default: S×S).
     """
-    from hgad_edge.postprocess import Normalizer, anomaly_map, calibrated_score
-
     classes = json.loads(params["classes"])
     c = int(np.asarray(outputs["routed_class"]).reshape(-1)[index])
     name = classes[c]
     n_levels = len(json.loads(params["feature_shapes"]))
+    posterior = np.asarray(outputs["posterior"])[index]
+    raw = FrameRaw(c, float(posterior[c]), posterior, [outputs[f"logp_{l}"][index] for l in range(n_levels)],
+                   [outputs[f"entropy_{l}"][index] for l in range(n_levels)])
     norm = Normalizer.from_dict(json.loads(params[f"class.{name}.normalizer"]))
-    amap = anomaly_map([outputs[f"logp_{l}"][index] for l in range(n_levels)],
-                       [outputs[f"entropy_{l}"][index] for l in range(n_levels)],
-                       norm, int(params["image_size"]), params["combine"])
-    raw = float(amap.max())
-    thr, spread = float(params[f"class.{name}.threshold"]), float(params[f"class.{name}.spread"])
-    return {"class_name": name, "raw_score": raw, "score": calibrated_score(raw, thr, spread),
-            "is_anomaly": raw > thr, "anomaly_map": amap}
+    thr = (float(params[f"class.{name}.threshold"]), float(params[f"class.{name}.spread"]))
+    return finalize(raw, norm, thr, name, int(params["image_size"]), params["combine"], out_hw)

@@ -16,6 +16,13 @@ def has_cuda() -> bool:
 def cpu_threads() -> int:
     """OpenMP threads the CPU kernel uses (1 without OpenMP)."""
 
+def route_cuda(means: int, n_levels: int, n_classes: int, class_index: int, class_out: int,
+               stream: int) -> None:
+    """class_out (1,) int32 on the device = class_index (>= 0; means not read), or for -1 the
+    argmax over c of the mean over levels of means (n_levels, n_classes) f32 row-major on the
+    device (first maximum wins, NaN wins: np.argmax). Asynchronous on `stream`, one tiny kernel.
+    Raises ValueError on bad arguments, RuntimeError when built without CUDA."""
+
 class GMMParams:
     """One level's mixture, laid out once for the kernels (transposed, lane-padded centers)."""
 
@@ -42,4 +49,13 @@ class GMMParams:
     def fused_cuda(self, z: int, z_half: bool, logdet: int, n: int, class_index: int, logp: int,
                    entropy: int, posterior_mean: int, class_out: int, stream: int) -> None:
         """The CUDA kernel on raw device pointers, asynchronous on `stream` (a cudaStream_t).
-        Raises RuntimeError when built without CUDA."""
+        class_index -1 routes on THIS level only. Raises RuntimeError when built without CUDA."""
+    def inter_cuda(self, z: int, z_half: bool, n: int, entropy: int, mean: int, stream: int) -> None:
+        """Inter part on raw device pointers, asynchronous on `stream`: z (n, D) f32 (f16 when
+        z_half) -> entropy (n,) f32, posterior image mean (C,) f32 (zeroed first; n = 0: zeros).
+        Raises ValueError on bad arguments, RuntimeError when built without CUDA."""
+    def intra_cuda(self, z: int, z_half: bool, logdet: int, n: int, class_ptr: int, logp: int,
+                   stream: int) -> None:
+        """Intra part on raw device pointers, asynchronous on `stream`, for the int32 class at
+        class_ptr (read in the kernel): logp (n,) f32; a class outside 0..C-1 gives NaN logp.
+        Raises ValueError on bad arguments, RuntimeError when built without CUDA."""

@@ -1,20 +1,42 @@
-"""The model artifact (DESIGN.md §3): one directory, metadata JSON + safetensors, checksummed."""
+"""The model artifact (docs/design.md §3): one directory, ``model.json`` + safetensors, checksummed.
+
+``Artifact`` is the typed view of ``model.json``; nothing else in the package reads the JSON.
+Every format version that was ever written is read: ``MIGRATIONS[v]`` turns version ``v`` into
+``v + 1`` in memory, so an old artifact loads without being rewritten (``Artifact.write``
+writes the current version).
+
+Format versions:
+
+* 1 — written until the layout change. Three schema changes landed without a version bump and
+  were patched by fallbacks where the keys were read: no ``combine`` (the official "product"
+  map), no ``pool`` in ``model_config`` (unpooled features), no ``exports`` (never exported),
+  ONNX exports without ``validation`` (exported before validation existed).
+* 2 — every key present; each export records ``status``: "passed", "failed" (its validation
+  failed: never used by ``backend="auto"``) or "unvalidated".
+"""
 from __future__ import annotations
 
+import copy
 import json
+import logging
 import os
 import platform
-from typing import Any, Callable, Dict, Optional
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from . import _io
+from hgad_edge import fileio
+from hgad_edge.config import ModelConfig
+
+log = logging.getLogger(__name__)
 
 FORMAT = "hgad_edge"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 META = "model.json"
 WEIGHTS = "weights.safetensors"
 BACKBONE = "backbone.safetensors"
-# What the Detector reads from model.json besides format/format_version.
-REQUIRED_KEYS = ("model_config", "feature_shapes", "calibration", "files")
+EXPORT_STATUSES = ("passed", "failed", "unvalidated")
+# Sections every version has had (a file without them is damaged, not old).
+_REQUIRED = ("model_config", "feature_shapes", "calibration", "files")
 
 
 class ArtifactError(ValueError):
@@ -26,69 +48,219 @@ def library_versions() -> Dict[str, str]:
     import timm
     import torch
 
-    from . import __version__
+    from hgad_edge.version import __version__
 
     return {"hgad_edge": __version__, "torch": torch.__version__, "timm": timm.__version__,
             "numpy": numpy.__version__, "python": platform.python_version()}
 
 
-def write_metadata(run_dir: str, meta: Dict[str, Any]) -> None:
-    """Record checksums of every listed file and write model.json atomically."""
-    files = meta.setdefault("files", {})
-    for name in list(files):
-        files[name] = _io.sha256(os.path.join(run_dir, name))
-    meta["format"] = FORMAT
-    meta["format_version"] = FORMAT_VERSION
-    _io.write_json(os.path.join(run_dir, META), meta)
-
-
-def add_files(run_dir: str, names: list, update: Optional[Callable[[Dict[str, Any]], None]] = None) -> Dict[str, Any]:
-    """Register new files (e.g. exported graphs) in the metadata, with their checksums."""
-    meta = read_metadata(run_dir, verify=False)
-    for name in names:
-        meta["files"][name] = ""
-    if update is not None:
-        update(meta)
-    write_metadata(run_dir, meta)
+# ----------------------------------------------------------------------------- migrations
+def _v1_to_v2(meta: Dict[str, Any]) -> Dict[str, Any]:
+    meta.setdefault("combine", "product")
+    meta.setdefault("target_fpr", 0.01)
+    levels = meta["model_config"].get("levels", ModelConfig.levels)
+    meta["model_config"].setdefault("pool", [1] * len(levels))  # written before pooling existed: none
+    for key, empty in (("exports", {}), ("history", []), ("data", {}), ("versions", {}), ("train_config", {})):
+        meta.setdefault(key, empty)
+    ort = meta["exports"].get("onnxruntime")
+    if isinstance(ort, dict):
+        ort["status"] = (ort.get("validation") or {}).get("status", "unvalidated")
+    trt = meta["exports"].get("tensorrt")
+    if isinstance(trt, dict):
+        trt["status"] = "unvalidated"
+    meta["format_version"] = 2
     return meta
 
 
-def read_metadata(run_dir: str, verify: bool = True) -> Dict[str, Any]:
-    """Load model.json, check format, version and (``verify``) every file's checksum."""
-    if not os.path.isdir(run_dir):
-        raise ArtifactError(f"model directory not found: {run_dir}")
-    path = os.path.join(run_dir, META)
-    if not os.path.isfile(path):
-        raise ArtifactError(f"{run_dir} is not an hgad_edge model: {META} is missing "
-                            "(train one with `hgad-edge train`)")
-    try:
-        with open(path, encoding="utf-8") as f:
-            meta = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ArtifactError(f"{path} is not valid JSON: {e}") from e
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise ArtifactError(f"{path} is not an {FORMAT} model file")
+MIGRATIONS: Dict[int, Callable[[Dict[str, Any]], Dict[str, Any]]] = {1: _v1_to_v2}
+
+
+def migrate(meta: Dict[str, Any], path: str = META) -> Dict[str, Any]:
+    """``meta`` (any version ever written) as the current version, migrated step by step."""
     version = meta.get("format_version")
-    if version != FORMAT_VERSION:
-        raise ArtifactError(f"{path} has format version {version!r}; this hgad_edge reads version "
-                            f"{FORMAT_VERSION} (re-export or upgrade hgad_edge)")
-    missing = [k for k in REQUIRED_KEYS if k not in meta]
-    files = meta.get("files")
-    if not isinstance(files, dict) or missing:
+    if not isinstance(version, int) or version < 1:
+        raise ArtifactError(f"{path} has format version {version!r}; expected an integer 1..{FORMAT_VERSION}")
+    if version > FORMAT_VERSION:
+        raise ArtifactError(f"{path} has format version {version}, newer than this hgad_edge reads "
+                            f"({FORMAT_VERSION}): upgrade hgad_edge")
+    missing = [k for k in _REQUIRED if k not in meta]
+    if missing or not isinstance(meta.get("files"), dict):
         raise ArtifactError(f"{path} is incomplete: it lacks {missing or ['files']} (re-train or re-export the model)")
-    unlisted = [n for n in (WEIGHTS, BACKBONE) if n not in files]
-    if unlisted:  # an unlisted file would be loaded without its checksum
-        raise ArtifactError(f"{path} does not list {unlisted} under 'files' with a checksum")
-    if verify:
-        for name, digest in files.items():
-            fp = os.path.join(run_dir, name)
-            if not os.path.isfile(fp):
-                raise ArtifactError(f"{run_dir}: file {name} listed in {META} is missing")
-            actual = _io.sha256(fp)
-            if actual != digest:
-                raise ArtifactError(f"{run_dir}: {name} was modified or damaged "
-                                    f"(sha256 {actual[:12]}…, expected {digest[:12]}…)")
+    meta = copy.deepcopy(meta)
+    while meta["format_version"] < FORMAT_VERSION:
+        meta = MIGRATIONS[meta["format_version"]](meta)
     return meta
+
+
+# ----------------------------------------------------------------------------- the artifact
+@dataclass
+class Artifact:
+    """The metadata of a model directory (``model.json``), typed.
+
+    Attributes:
+        run_dir: the model directory (not stored).
+        model_config: what the network is (classes, backbone, levels, image size, …).
+        feature_shapes: (h, w) of every feature level; dims: channels of every level.
+        calibration: per class ``{"normalizer": {...}, "scores": {combine: sorted scores}}``.
+        combine: the anomaly map the thresholds were set for; target_fpr: the default FPR.
+        files: file name → sha256 of every file the artifact consists of.
+        exports: backend → export section (``files``/``engines``, ``status``, validation, …).
+        train_config, history, data, versions: how and from what it was trained.
+        extra: keys this version does not know (kept when the artifact is rewritten).
+    """
+
+    run_dir: str
+    model_config: ModelConfig
+    feature_shapes: List[Tuple[int, int]]
+    dims: List[int]
+    calibration: Dict[str, Dict[str, Any]]
+    combine: str = "position"
+    target_fpr: float = 0.01
+    files: Dict[str, str] = field(default_factory=dict)
+    exports: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    train_config: Dict[str, Any] = field(default_factory=dict)
+    history: List[Dict[str, Any]] = field(default_factory=list)
+    data: Dict[str, Any] = field(default_factory=dict)
+    versions: Dict[str, str] = field(default_factory=dict)
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    # ---------------------------------------------------------------- derived
+    @property
+    def class_names(self) -> List[str]:
+        return list(self.model_config.class_names)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.model_config.image_size)
+
+    @property
+    def n_levels(self) -> int:
+        return len(self.feature_shapes)
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.run_dir, name)
+
+    def normalizer(self, class_name: str):
+        from hgad_edge.postprocess import Normalizer
+
+        return Normalizer.from_dict(self.calibration[class_name]["normalizer"])
+
+    def scores(self, class_name: str, combine: Optional[str] = None) -> List[float]:
+        return list(self.calibration[class_name]["scores"][combine or self.combine])
+
+    def calibrated_maps(self) -> List[str]:
+        """Combine modes every class has calibration scores for."""
+        from hgad_edge.postprocess import COMBINE_MODES
+
+        return [m for m in COMBINE_MODES if all(m in self.calibration[c]["scores"] for c in self.class_names)]
+
+    def calibration_paths(self) -> List[str]:
+        """The held-out calibration images that still exist under the recorded data root."""
+        root = self.data.get("root", "")
+        paths = [os.path.join(root, p) for p in self.data.get("calibration_files", [])]
+        return [p for p in paths if os.path.isfile(p)]
+
+    # ---------------------------------------------------------------- exports
+    def usable_exports(self) -> Dict[str, Dict[str, Any]]:
+        """Exports a backend may load: every one whose validation did not fail."""
+        return {b: e for b, e in self.exports.items() if e.get("status") != "failed"}
+
+    def skipped_exports(self) -> Dict[str, str]:
+        """backend → why it is not usable (validation failed, with its numbers)."""
+        out = {}
+        for b, e in self.exports.items():
+            if e.get("status") == "failed":
+                val = e.get("validation", {})
+                out[b] = (f"its export failed validation (max relative error {val.get('max_rel_err')} > "
+                          f"tolerance {val.get('tolerance')}); re-export it")
+        return out
+
+    # ---------------------------------------------------------------- (de)serialisation
+    def to_dict(self) -> Dict[str, Any]:
+        d = {"format": FORMAT, "format_version": FORMAT_VERSION, "model_config": self.model_config.to_dict(),
+             "feature_shapes": [list(map(int, s)) for s in self.feature_shapes], "dims": list(map(int, self.dims)),
+             "calibration": self.calibration, "combine": self.combine, "target_fpr": float(self.target_fpr),
+             "files": dict(self.files), "exports": self.exports, "train_config": self.train_config,
+             "history": self.history, "data": self.data, "versions": self.versions}
+        return {**self.extra, **d}
+
+    @classmethod
+    def from_dict(cls, meta: Dict[str, Any], run_dir: str) -> "Artifact":
+        """Build from a model.json dict of any version (migrated first)."""
+        path = os.path.join(run_dir, META)
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            raise ArtifactError(f"{path} is not an {FORMAT} model file")
+        meta = migrate(meta, path)
+        known = {"format", "format_version", "model_config", "feature_shapes", "dims", "calibration", "combine",
+                 "target_fpr", "files", "exports", "train_config", "history", "data", "versions"}
+        try:
+            cfg = ModelConfig.from_dict(meta["model_config"])
+            art = cls(run_dir=run_dir, model_config=cfg,
+                      feature_shapes=[(int(h), int(w)) for h, w in meta["feature_shapes"]],
+                      dims=[int(d) for d in meta.get("dims", [])], calibration=dict(meta["calibration"]),
+                      combine=str(meta["combine"]), target_fpr=float(meta["target_fpr"]),
+                      files={str(k): str(v) for k, v in meta["files"].items()}, exports=dict(meta["exports"]),
+                      train_config=dict(meta["train_config"]), history=list(meta["history"]),
+                      data=dict(meta["data"]), versions=dict(meta["versions"]),
+                      extra={k: v for k, v in meta.items() if k not in known})
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ArtifactError(f"{path} is damaged: {type(e).__name__}: {e}") from e
+        missing = [c for c in art.class_names if c not in art.calibration]
+        if missing:
+            raise ArtifactError(f"{path} has no calibration for class(es) {missing}")
+        return art
+
+    @classmethod
+    def read(cls, run_dir: str, verify: bool = True) -> "Artifact":
+        """Load ``run_dir/model.json``: format, version (migrated), sections and (``verify``) every
+        file's checksum. Raises ``ArtifactError`` saying what is wrong."""
+        if not os.path.isdir(run_dir):
+            raise ArtifactError(f"model directory not found: {run_dir}")
+        path = os.path.join(run_dir, META)
+        if not os.path.isfile(path):
+            raise ArtifactError(f"{run_dir} is not an hgad_edge model: {META} is missing "
+                                "(train one with `hgad-edge train`)")
+        try:
+            with open(path, encoding="utf-8") as f:
+                meta = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+            raise ArtifactError(f"{path} is not valid JSON: {e}") from e
+        art = cls.from_dict(meta, run_dir)
+        unlisted = [n for n in (WEIGHTS, BACKBONE) if n not in art.files]
+        if unlisted:  # an unlisted file would be loaded without its checksum
+            raise ArtifactError(f"{path} does not list {unlisted} under 'files' with a checksum")
+        if verify:
+            art.verify()
+        return art
+
+    def verify(self, names: Optional[Sequence[str]] = None) -> None:
+        """Check the checksum of every listed file (or of ``names``)."""
+        for name in (self.files if names is None else names):
+            fp = self.path(name)
+            if not os.path.isfile(fp):
+                raise ArtifactError(f"{self.run_dir}: file {name} listed in {META} is missing")
+            actual = fileio.sha256(fp)
+            if actual != self.files[name]:
+                raise ArtifactError(f"{self.run_dir}: {name} was modified or damaged "
+                                    f"(sha256 {actual[:12]}…, expected {self.files[name][:12]}…)")
+
+    def write(self) -> None:
+        """Hash every file whose checksum is not recorded yet, then write model.json atomically."""
+        for name, digest in self.files.items():
+            if not digest:
+                self.files[name] = fileio.sha256(self.path(name))
+        fileio.write_json(self.path(META), self.to_dict())
+
+    def add_files(self, names: Sequence[str], update: Optional[Callable[["Artifact"], None]] = None) -> "Artifact":
+        """Register new files (exported graphs, engines) with their checksums — only these are
+        hashed, so a file already listed is never re-blessed from what is on disk — apply
+        ``update`` and write model.json."""
+        for name in names:
+            self.files[name] = fileio.sha256(self.path(name))
+        if update is not None:
+            update(self)
+        self.write()
+        return self
 
 
 def load_tensors(run_dir: str, name: str) -> dict:

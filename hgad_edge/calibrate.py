@@ -10,8 +10,8 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from .postprocess import COMBINE_MODES, Normalizer, anomaly_map, normality_sums
-from .scorer import FrameRaw
+from hgad_edge.postprocess import COMBINE_MODES, Normalizer, anomaly_map, normality_sums
+from hgad_edge.postprocess import FrameRaw
 
 
 def fit_normalizer(raws: Sequence[FrameRaw], image_size: int) -> Normalizer:

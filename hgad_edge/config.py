@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Dict, Tuple
 
 # A feature level: (index into the backbone's feature stages, input scale relative to S).
@@ -88,7 +88,7 @@ class ModelConfig:
         d = dict(d)
         d["class_names"] = tuple(d["class_names"])
         d["levels"] = tuple((int(a), float(b)) for a, b in d.get("levels", cls.levels))
-        d["pool"] = tuple(d.get("pool", [1] * len(d["levels"])))  # artifacts from before pooling: none
+        d["pool"] = tuple(d.get("pool", ()))  # artifacts from before pooling: see artifact.MIGRATIONS
         return cls(**d)
 
 

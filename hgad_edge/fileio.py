@@ -7,9 +7,6 @@ import os
 import tempfile
 from typing import Any, Callable, Dict
 
-import torch
-from safetensors.torch import save_file
-
 
 def atomic_write(path: str, write: Callable[[str], None]) -> None:
     """Call ``write(tmp_path)`` then move the finished file onto ``path`` in one rename."""
@@ -40,8 +37,10 @@ def write_json(path: str, obj: Any) -> None:
     write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
-def save_tensors(path: str, tensors: Dict[str, torch.Tensor], metadata: Dict[str, str] | None = None) -> None:
-    """Save a flat dict of tensors as safetensors (no pickle), atomically."""
+def save_tensors(path: str, tensors: Dict[str, Any], metadata: Dict[str, str] | None = None) -> None:
+    """Save a flat dict of torch tensors as safetensors (no pickle), atomically."""
+    from safetensors.torch import save_file
+
     clean = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     atomic_write(path, lambda tmp: save_file(clean, tmp, metadata=metadata))
 

@@ -1,4 +1,4 @@
-"""Inference-time hierarchical Gaussian mixture of one feature level (DESIGN.md §1 ``gmm``).
+"""Inference-time hierarchical Gaussian mixture of one feature level (docs/design.md §1 ``gmm``).
 
 Per level: ``N`` positions, ``D`` dims, ``C`` classes, ``K`` intra-class centers per class.
 
@@ -8,6 +8,9 @@ Per level: ``N`` positions, ``D`` dims, ``C`` classes, ``K`` intra-class centers
   log_pi_intra[c,k]) + logdet] / D`` (N).
 * routing: the class is given (``c >= 0``) or auto (``c = -1``: argmax of this call's
   posterior image mean; the first maximum wins, a NaN counts as the maximum like ``np.argmax``).
+  Across the L levels of a model the rule is :func:`route`: argmax of the level-averaged
+  posterior image means (the CPU path), and :func:`route_cuda` on the device, between
+  :meth:`GaussianMixture.inter_cuda` and :meth:`GaussianMixture.intra_cuda` on every level.
 
 Backends: the fused native kernel ``hgad_edge._C`` (C++/OpenMP on CPU, CUDA on GPU; see
 docs/kernel.md) and a numpy fallback (BLAS expansion). ``reference_inter`` /
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import math
+import operator
 from typing import NamedTuple, Optional, Tuple
 
 import numpy as np
@@ -29,7 +33,7 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 try:  # the compiled extension is optional: numpy is the fallback
-    from . import _C  # type: ignore[attr-defined]
+    from hgad_edge import _C  # type: ignore[attr-defined]
 except ImportError as exc:  # pragma: no cover - depends on the build
     _C = None
     _IMPORT_ERROR: Optional[str] = str(exc)
@@ -40,7 +44,9 @@ BACKENDS = ("auto", "native", "numpy")
 LOG_2PI = math.log(2.0 * math.pi)
 
 __all__ = ["GMMOutput", "GaussianMixture", "reference_posterior", "reference_inter", "reference_intra",
-           "has_native", "has_cuda", "BACKENDS"]
+           "route", "route_cuda", "has_native", "has_cuda", "BACKENDS"]
+_NO_CUDA = ("hgad_edge._C was built without CUDA (has_cuda() is False); "
+            "rebuild with FORCE_CUDA=1 pip install -e . on a machine with nvcc")
 
 
 class GMMOutput(NamedTuple):
@@ -142,6 +148,34 @@ def _stream_handle(stream, z_info: dict) -> int:
     raise TypeError(f"stream must be an int cudaStream_t or have .cuda_stream/.handle, got {type(stream).__name__}")
 
 
+def _device_ptr(ptr, name: str, required: bool = True) -> int:
+    """A raw device pointer given as an int (``tensor.data_ptr()``, ``int(DeviceAllocation)``)."""
+    if hasattr(ptr, "__cuda_array_interface__") or hasattr(ptr, "data_ptr") or isinstance(ptr, bool):
+        raise TypeError(f"{name} must be a device pointer as an int (e.g. tensor.data_ptr(), int(allocation)), "
+                        f"got {type(ptr).__name__}")
+    try:
+        value = operator.index(ptr)
+    except TypeError:
+        raise TypeError(f"{name} must be a device pointer as an int, got {type(ptr).__name__}") from None
+    if not 0 <= value < 2 ** 64:
+        raise ValueError(f"{name} must be a device pointer in [0, 2**64), got {value}")
+    if required and value == 0:
+        raise ValueError(f"{name} must be a device pointer, got 0 (null)")
+    return value
+
+
+def _count(n, name: str, low: int) -> int:
+    if isinstance(n, bool):
+        raise TypeError(f"{name} must be an int, got bool")
+    try:
+        value = operator.index(n)
+    except TypeError:
+        raise TypeError(f"{name} must be an int, got {type(n).__name__}") from None
+    if value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value}")
+    return value
+
+
 def _torch_outputs(z, n: int, n_classes: int) -> tuple:
     try:
         import torch
@@ -153,9 +187,70 @@ def _torch_outputs(z, n: int, n_classes: int) -> tuple:
             torch.empty(1, dtype=torch.int32, device=device))
 
 
+# ----------------------------------------------------------------------------- routing
+def route(level_means) -> int:
+    """The class of an image from its per-level posterior image means: THE routing rule.
+
+    ``argmax_c mean_l level_means[l, c]``, i.e. ``int(np.argmax(np.mean(level_means, axis=0)))``:
+    the first maximum wins and a NaN counts as the maximum (``np.argmax``). One level is the
+    special case ``L = 1``. :func:`route_cuda` applies the same rule on the device (bit for bit
+    on float32 means).
+
+    Args:
+        level_means: (L, C) array-like, or a list of L (C,) arrays (``GaussianMixture.inter(z)[1]``
+            of every level), L >= 1, C >= 1.
+
+    Returns:
+        The class index in ``0..C-1``.
+
+    Raises:
+        ValueError: when ``level_means`` is not (L, C) with L, C >= 1.
+    """
+    means = np.asarray(level_means)
+    if means.ndim != 2 or means.shape[0] < 1 or means.shape[1] < 1:
+        raise ValueError(f"level_means must be (L, C) with L, C >= 1 (one (C,) posterior mean per level), "
+                         f"got shape {means.shape}")
+    return int(np.argmax(np.mean(means, axis=0)))
+
+
+def route_cuda(means_ptr: int, n_levels: int, n_classes: int, class_index: int, class_ptr: int,
+               stream=0) -> None:
+    """:func:`route` on the device: writes the routed class to device memory, asynchronously.
+
+    One single-thread kernel on ``stream``; nothing synchronises with the host, so the class
+    stays on the device for :meth:`GaussianMixture.intra_cuda` (same stream, or after an event).
+
+    Args:
+        means_ptr: device pointer (int) of the (n_levels, n_classes) float32 row-major per-level
+            posterior image means (each row written by :meth:`GaussianMixture.inter_cuda`). Not
+            read when ``class_index >= 0`` (may then be 0).
+        n_levels: L >= 1.
+        n_classes: C >= 1.
+        class_index: ``-1`` to route (argmax over c of the mean over levels; the first maximum
+            wins, a NaN counts as the maximum, like :func:`route`), or a class ``0..C-1`` that is
+            written as is.
+        class_ptr: device pointer (int) of the (1,) int32 output.
+        stream: ``cudaStream_t`` as an int (0 = legacy default stream), or a torch / cupy /
+            pycuda stream object.
+
+    Raises:
+        RuntimeError: when ``hgad_edge._C`` was built without CUDA, or on a CUDA error.
+        ValueError: on bad counts, class_index or null pointers.
+        TypeError: when a pointer is not an int (e.g. a tensor instead of ``tensor.data_ptr()``).
+    """
+    if not has_cuda():
+        raise RuntimeError(_NO_CUDA)
+    n_levels = _count(n_levels, "n_levels", 1)
+    n_classes = _count(n_classes, "n_classes", 1)
+    c = _count(class_index, "class_index", -1)
+    if c >= n_classes:
+        raise ValueError(f"class_index must be -1 (route) or 0..{n_classes - 1}, got {class_index}")
+    means = _device_ptr(means_ptr, "means_ptr", required=c < 0)
+    cls = _device_ptr(class_ptr, "class_ptr")
+    _C.route_cuda(means, n_levels, n_classes, c, cls, _stream_handle(stream, {}))
+
+
 # ----------------------------------------------------------------------------- wrapper
-def _route(posterior_mean: np.ndarray) -> int:
-    return int(np.argmax(posterior_mean))  # first max; NaN wins (same rule as the kernel)
 
 
 class GaussianMixture:
@@ -320,11 +415,16 @@ class GaussianMixture:
     def fused_cuda(self, z, logdet, class_index: int = -1, out: Optional[tuple] = None, stream=None) -> GMMOutput:
         """The fused kernel on the GPU, asynchronous on ``stream``.
 
+        ``class_index=-1`` routes on THIS level alone (argmax of this call's posterior mean),
+        not by the model's rule over all levels (:func:`route`). For that rule on the device,
+        call :meth:`inter_cuda` on every level, :func:`route_cuda`, then :meth:`intra_cuda` on
+        every level.
+
         Args:
             z: (N, D) float32 or float16 CUDA array exposing ``__cuda_array_interface__``
                 (torch, cupy, pycuda GPUArray, numba), C-contiguous.
             logdet: (N,) float32 CUDA array, same device.
-            class_index: class (``>= 0``) or ``-1`` to route on the device.
+            class_index: class (``>= 0``) or ``-1`` to route on the device (this level only).
             out: optional CUDA arrays (logp (N,) f32, entropy (N,) f32, posterior_mean (C,) f32,
                 class (1,) int32); allocated with torch on z's device when omitted.
             stream: a ``cudaStream_t`` as an int, or an object with ``cuda_stream`` / ``handle``
@@ -336,8 +436,7 @@ class GaussianMixture:
             reading it (``int(...)``) synchronises, nothing else does.
         """
         if not has_cuda():
-            raise RuntimeError("hgad_edge._C was built without CUDA (has_cuda() is False); "
-                               "rebuild with FORCE_CUDA=1 pip install -e . on a machine with nvcc")
+            raise RuntimeError(_NO_CUDA)
         c = self._class(class_index, allow_auto=True)
         zi = _cuda_interface(z, "z", {"<f4": False, "<f2": True})
         n, dim = zi["shape"] if len(zi["shape"]) == 2 else (None, None)
@@ -358,6 +457,78 @@ class GaussianMixture:
                                 _stream_handle(stream, zi))
         return GMMOutput(logp, entropy, mean, cls)
 
+    def _device_native(self):
+        if not has_cuda():
+            raise RuntimeError(_NO_CUDA)
+        if self._native is None:
+            raise RuntimeError("the CUDA entry points need backend='native' or 'auto' with the extension built")
+        return self._native
+
+    def inter_cuda(self, z_ptr: int, n: int, entropy_ptr: int, mean_ptr: int, stream=0, z_half: bool = False) -> None:
+        """Inter part of this level on raw device pointers, asynchronous on ``stream``.
+
+        The first step of multi-level routing on the device: one call per level, each writing its
+        row of an (L, C) means buffer, then :func:`route_cuda`, then :meth:`intra_cuda` per level.
+        Nothing synchronises with the host (except that the first CUDA call of a mixture uploads
+        its parameters to the current device, once).
+
+        Args:
+            z_ptr: device pointer (int) of z, (n, D) C-contiguous, float32 (float16 if ``z_half``).
+            n: number of positions N >= 0.
+            entropy_ptr: device pointer of the (n,) float32 output: entropy of the posterior.
+            mean_ptr: device pointer of the (C,) float32 output: the posterior image mean, zeroed
+                and accumulated by this call (all zeros when ``n == 0``).
+            stream: ``cudaStream_t`` as an int (0 = legacy default stream), or a torch / cupy /
+                pycuda stream object.
+            z_half: z is float16 (widened to float32 in the kernel).
+
+        Raises:
+            RuntimeError: when ``hgad_edge._C`` was built without CUDA, or on a CUDA error (e.g. z
+                not device memory, or on another device than the mixture).
+            ValueError: ``n < 0`` or a null pointer that is needed.
+            TypeError: when a pointer is not an int.
+        """
+        native = self._device_native()
+        n = _count(n, "n", 0)
+        z = _device_ptr(z_ptr, "z_ptr", required=n > 0)
+        entropy = _device_ptr(entropy_ptr, "entropy_ptr", required=n > 0)
+        mean = _device_ptr(mean_ptr, "mean_ptr")
+        native.inter_cuda(z, bool(z_half), n, entropy, mean, _stream_handle(stream, {}))
+
+    def intra_cuda(self, z_ptr: int, logdet_ptr: int, n: int, class_ptr: int, logp_ptr: int, stream=0,
+                   z_half: bool = False) -> None:
+        """Intra part of this level for a class held in device memory, asynchronous on ``stream``.
+
+        The class is read inside the kernel from ``class_ptr`` (written by :func:`route_cuda` or
+        by the caller), so routing needs no host synchronisation. A class outside ``0..C-1``
+        there cannot raise: it gives NaN in every ``logp[i]`` and no center is read out of
+        bounds (the CPU kernel follows the same rule; its host entry points raise ValueError
+        first, since there the class is known on the host).
+
+        Args:
+            z_ptr: device pointer (int) of z, (n, D) C-contiguous, float32 (float16 if ``z_half``).
+            logdet_ptr: device pointer of the (n,) float32 log-determinants of the flow.
+            n: number of positions N >= 0 (0 launches nothing).
+            class_ptr: device pointer of the (1,) int32 class.
+            logp_ptr: device pointer of the (n,) float32 output: intra-class log-likelihood / D.
+            stream: ``cudaStream_t`` as an int (0 = legacy default stream), or a torch / cupy /
+                pycuda stream object.
+            z_half: z is float16 (widened to float32 in the kernel).
+
+        Raises:
+            RuntimeError: when ``hgad_edge._C`` was built without CUDA, or on a CUDA error.
+            ValueError: ``n < 0`` or a null pointer that is needed.
+            TypeError: when a pointer is not an int.
+        """
+        native = self._device_native()
+        n = _count(n, "n", 0)
+        need = n > 0
+        z = _device_ptr(z_ptr, "z_ptr", required=need)
+        logdet = _device_ptr(logdet_ptr, "logdet_ptr", required=need)
+        cls = _device_ptr(class_ptr, "class_ptr", required=need)
+        logp = _device_ptr(logp_ptr, "logp_ptr", required=need)
+        native.intra_cuda(z, bool(z_half), logdet, n, cls, logp, _stream_handle(stream, {}))
+
     def fused(self, z, logdet, class_index: int = -1) -> GMMOutput:
         """Entropy, posterior mean and logp of the given (``>= 0``) or routed (``-1``) class in one pass."""
         z = self._z(z)
@@ -368,5 +539,5 @@ class GaussianMixture:
             return GMMOutput(logp, entropy, mean, int(routed))
         entropy, mean, _ = self._np_inter(z)
         if c < 0:
-            c = _route(mean)
+            c = route([mean])
         return GMMOutput(self._np_intra(z, logdet, c), entropy, mean, c)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from .result import Result
+from hgad_edge.result import Result
 
 
 def heatmap(anomaly_map: np.ndarray, threshold: float) -> np.ndarray:

@@ -1,4 +1,6 @@
-"""Per-level log-likelihood / entropy maps → one anomaly map and image score (DESIGN.md §2).
+"""Per-level log-likelihood / entropy maps → anomaly map, image score, threshold → ``Result``
+(docs/design.md §2). ``finalize`` is the one post-processing step of every path (Detector,
+evaluation, bench, the Triton client).
 
 The official HGAD normalises each level by its maximum over the *test set*. A stream has no
 test set, so every such maximum here is a constant calibrated on held-out normal images of the
@@ -14,13 +16,26 @@ pooled default (0.960 vs 0.882) (``benchmarks/accuracy_sweep.py``, ``hgad-edge e
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
 
+from hgad_edge.result import Result
+
 COMBINE_MODES = ("product", "loglik", "entropy", "position")
 BLUR_SIGMA = 4.0
+
+
+@dataclass
+class FrameRaw:
+    """The routed class and per-level maps of one frame, before normalisation (the scorer's output)."""
+
+    class_index: int
+    class_confidence: float
+    posterior: np.ndarray  # (C,) image-mean inter-class posterior, averaged over levels
+    logp: List[np.ndarray]  # per level (h_l, w_l)
+    entropy: List[np.ndarray]  # per level (h_l, w_l)
 
 
 @dataclass
@@ -107,3 +122,27 @@ def calibrated_score(raw: float, threshold: float, spread: float) -> float:
     """Map a raw image score so the class threshold lands on 0.5 (logistic, scale = ``spread``)."""
     x = (raw - threshold) / max(spread, 1e-12)
     return float(1.0 / (1.0 + np.exp(-np.clip(x, -60.0, 60.0))))
+
+
+def score_map(raw: FrameRaw, norm: Normalizer, image_size: int, combine: str,
+              out_hw: Optional[Tuple[int, int]] = None) -> Tuple[np.ndarray, float]:
+    """(anomaly map at ``out_hw`` (default S×S), raw image score = the map's maximum at S×S)."""
+    amap = anomaly_map(raw.logp, raw.entropy, norm, image_size, combine)
+    raw_score = float(amap.max())
+    if out_hw is not None:
+        h, w = int(out_hw[0]), int(out_hw[1])
+        if (h, w) != amap.shape:
+            amap = cv2.resize(amap, (w, h), interpolation=cv2.INTER_LINEAR)
+    return amap, raw_score
+
+
+def finalize(raw: FrameRaw, norm: Normalizer, threshold: Tuple[float, float], class_name: str, image_size: int,
+             combine: str, out_hw: Optional[Tuple[int, int]] = None) -> Result:
+    """One frame's ``Result``: normalise with the routed class's constants, blur, resize to the
+    input (``out_hw``), threshold (``threshold`` = (raw threshold, spread) of that class)."""
+    amap, raw_score = score_map(raw, norm, image_size, combine, out_hw)
+    thr, spread = threshold
+    return Result(score=calibrated_score(raw_score, thr, spread), raw_score=raw_score, is_anomaly=raw_score > thr,
+                  anomaly_map=amap, mask=amap > thr, class_name=class_name,
+                  class_confidence=raw.class_confidence, threshold=thr)
+

@@ -1,4 +1,4 @@
-// Fused hierarchical Gaussian-mixture scoring of one feature level (DESIGN.md §1 "gmm").
+// Fused hierarchical Gaussian-mixture scoring of one feature level (docs/design.md §1 "gmm").
 //
 // The per-element arithmetic lives here as HGAD_HD (__host__ __device__) inline functions so
 // the CPU build (gmm_cpu.cpp) runs the very arithmetic the CUDA kernels (gmm_cuda.cu) run:
@@ -6,9 +6,13 @@
 //   lse      = m + log(sum_j exp(logit_j - m)),  m = max_j logit_j (exp_poly, LseState)
 //   entropy  = log s - u / s,  s = sum e^{t_j},  u = sum e^{t_j} t_j,  t_j = logit_j - m
 //   logp     = (-1/2 log(2 pi) D + lse + logdet) / D
+//   routing  = argmax_c (1/L) sum_l mean_l[c] over L levels (route_level_mean; L = 1: one level)
 // Only the summation order differs between CPU (SIMD lanes) and GPU (warp lanes).
 //
-// NaN policy: NaN propagates (max skips NaN, the sums then carry it); nothing raises.
+// NaN policy: NaN propagates (max skips NaN, the sums then carry it); nothing raises. A class
+// index outside 0..C-1 that reaches a kernel (only possible on the GPU, where the class is read
+// from device memory; the host entry points validate theirs) gives NaN logp, never a read out of
+// bounds (class_in_range, CPU and GPU alike).
 #pragma once
 
 #include <cmath>
@@ -27,6 +31,7 @@ namespace gmm {
 
 constexpr float kLog2Pi = 1.8378770664093453f;  // log(2 pi)
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 
 HGAD_HD int32_t float_bits(float x) {
 #if defined(__CUDA_ARCH__)
@@ -121,21 +126,32 @@ HGAD_HD float logp_from_lse(float lse, float logdet, int dim) {
   return (-0.5f * kLog2Pi * fd + lse + logdet) / fd;
 }
 
-// Class routing: argmax of the posterior mean, first maximum wins, a NaN wins (like np.argmax).
-HGAD_HD int route_argmax(const float* mean, int n_classes) {
+// Class routing over L levels: argmax over c of the level mean (1/L) sum_l means[l, c] of the
+// per-level posterior image means, means (L, C) row-major. The first maximum wins and a NaN wins
+// (the first NaN): np.argmax(np.mean(means, axis=0)) of float32 means, bit for bit (the same
+// sequential float32 sum over l, then one correctly rounded division by L).
+HGAD_HD int route_level_mean(const float* means, int n_levels, int n_classes) {
+  const float fl = static_cast<float>(n_levels);
   int best = 0;
-  float bv = mean[0];
-  if (bv != bv) return 0;
-  for (int c = 1; c < n_classes; ++c) {
-    const float v = mean[c];
+  float bv = 0.0f;
+  for (int c = 0; c < n_classes; ++c) {
+    float s = means[c];
+    for (int l = 1; l < n_levels; ++l) s += means[static_cast<int64_t>(l) * n_classes + c];
+    const float v = s / fl;
     if (v != v) return c;
-    if (v > bv) {
+    if (c == 0 || v > bv) {
       bv = v;
       best = c;
     }
   }
   return best;
 }
+
+// Class routing on one level: argmax of its posterior mean (C), the same rule with L = 1.
+HGAD_HD int route_argmax(const float* mean, int n_classes) { return route_level_mean(mean, 1, n_classes); }
+
+// Whether an intra-class index may be used to address the centers; otherwise logp is NaN.
+HGAD_HD bool class_in_range(int c, int n_classes) { return c >= 0 && c < n_classes; }
 
 // ------------------------------------------------------------------------------ CPU entry points
 // Model-side arrays are laid out once by the bindings (see GMMParams in bindings.cpp):
@@ -180,11 +196,33 @@ DeviceParams cuda_upload(const float* mu, const float* log_pi_inter, const float
                          const float* log_pi_intra, int n_classes, int n_intra, int dim);
 void cuda_release(DeviceParams& p);
 
+// All entry points below are asynchronous on `stream` (a cudaStream_t; 0 = legacy default) and
+// never synchronise with the host, so a class routed on the device stays there.
+
 // z: (N, D) float32 or float16 (z_half) on the device; logdet (N) float32. Outputs on the
 // device: logp (N), entropy (N), mean (C), class_out (1, int32). class_index -1 routes on the
-// device (two launches: inter, then intra reading the argmax); >= 0 is one launch.
+// device on THIS level only (route_argmax of this call's mean; two launches: inter, then intra
+// reading the argmax); >= 0 is one launch. For the multi-level rule use inter_cuda per level,
+// route_cuda, then intra_cuda per level.
 void fused_cuda(const DeviceParams& p, const void* z, bool z_half, const float* logdet, int64_t n,
                 int class_index, float* logp, float* entropy, float* mean, int32_t* class_out,
+                uintptr_t stream);
+
+// Inter part of one level. z (N, D) f32/f16 on the device; outputs entropy (N) and the image
+// mean of the posterior (C), zeroed and accumulated here (N = 0: all zeros, no kernel).
+void inter_cuda(const DeviceParams& p, const void* z, bool z_half, int64_t n, float* entropy, float* mean,
+                uintptr_t stream);
+
+// Intra part of one level for the class stored at class_in (1, int32, device), read inside the
+// kernel. z (N, D) f32/f16, logdet (N) f32; output logp (N). A class outside 0..C-1 gives NaN
+// logp (no center is read for it). N = 0: nothing is launched.
+void intra_cuda(const DeviceParams& p, const void* z, bool z_half, const float* logdet, int64_t n,
+                const int32_t* class_in, float* logp, uintptr_t stream);
+
+// class_out (1, int32, device) = class_index when >= 0, else route_level_mean of means
+// (n_levels, n_classes) f32 row-major on the device (not read when class_index >= 0). One
+// single-thread launch on the device that holds class_out.
+void route_cuda(const float* means, int n_levels, int n_classes, int class_index, int32_t* class_out,
                 uintptr_t stream);
 #endif
 

@@ -106,9 +106,13 @@ void inter_rows(const CpuParams& p, const float* const* zr, int64_t r0, int nr, 
   }
 }
 
-// Intra part of rows [r0, r0 + nr) for class c.
+// Intra part of rows [r0, r0 + nr) for class c; a class outside 0..C-1 gives NaN (as on the GPU).
 void intra_rows(const CpuParams& p, const float* const* zr, const float* logdet, int64_t r0, int nr, int c,
                 Scratch& s, float* logp) {
+  if (!class_in_range(c, p.n_classes)) {
+    std::fill(logp + r0, logp + r0 + nr, kNaN);
+    return;
+  }
   const int K = p.n_intra;
   const float* lw = p.log_pi_intra + static_cast<int64_t>(c) * K;
   dist_block(zr, p.intra_t + static_cast<int64_t>(c) * p.dim * p.k_pad, p.k_pad, p.dim, s.dist.data());

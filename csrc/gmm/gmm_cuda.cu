@@ -2,6 +2,8 @@
 // tiles, warp-shuffle reductions. The per-element math is the HGAD_HD code of gmm.h, the same
 // the CPU kernel runs. One launch for a given class; auto-routing is two launches on the same
 // stream (inter, then intra reading the argmax of the device posterior mean): no host sync.
+// The split entry points (inter_cuda, route_cuda, intra_cuda) are the same kernel with one part
+// switched off, plus a one-thread routing kernel; the class travels in device memory.
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -57,9 +59,9 @@ __host__ __device__ inline size_t smem_bytes(const Shapes& s, int m) {
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
 gmm_kernel(const float* __restrict__ centers, const float* __restrict__ log_w, Shapes sh,
-           const T* __restrict__ z, const float* __restrict__ logdet, int64_t n, int class_index, bool do_inter,
-           bool do_intra, float* __restrict__ logp, float* __restrict__ entropy, float* __restrict__ mean,
-           int32_t* __restrict__ class_out, float inv_n) {
+           const T* __restrict__ z, const float* __restrict__ logdet, int64_t n, int class_index,
+           const int32_t* __restrict__ class_in, bool do_inter, bool do_intra, float* __restrict__ logp,
+           float* __restrict__ entropy, float* __restrict__ mean, int32_t* __restrict__ class_out, float inv_n) {
   const int C = sh.n_classes, K = sh.n_intra, D = sh.dim;
   const int ci = do_inter ? C : 0;
   const int m_all = ci + (do_intra ? K : 0);
@@ -75,7 +77,8 @@ gmm_kernel(const float* __restrict__ centers, const float* __restrict__ log_w, S
 
   if (threadIdx.x == 0) {
     int c = class_index;
-    if (do_intra && c < 0) c = route_argmax(mean, C);  // mean was filled by the previous launch
+    if (do_intra && class_in) c = *class_in;                 // routed by an earlier launch
+    else if (do_intra && c < 0) c = route_argmax(mean, C);   // mean was filled by the previous launch
     *s_class = c;
     if (do_intra && blockIdx.x == 0 && class_out) *class_out = c;
   }
@@ -87,7 +90,9 @@ gmm_kernel(const float* __restrict__ centers, const float* __restrict__ log_w, S
     zs[i] = row < n ? to_float(z[row * D + d]) : 0.0f;
   }
   __syncthreads();
-  const int c = *s_class;
+  const int c_read = *s_class;
+  const bool c_ok = class_in_range(c_read, C);  // false only for a bad class from device memory
+  const int c = c_ok ? c_read : 0;              // addresses stay in bounds; logp is then NaN
 
   for (int t0 = 0; t0 < m_all; t0 += sh.tile) {
     const int nt = min(sh.tile, m_all - t0);
@@ -141,7 +146,7 @@ gmm_kernel(const float* __restrict__ centers, const float* __restrict__ log_w, S
       LseState st = lse_zero();
       for (int j = ci + lane; j < m_all; j += 32) st = lse_push(st, x[j], shift);
       st.s = warp_sum(st.s);
-      if (lane == 0) logp[row] = logp_from_lse(lse_value(st, shift), logdet[row], D);
+      if (lane == 0) logp[row] = c_ok ? logp_from_lse(lse_value(st, shift), logdet[row], D) : kNaN;
     }
   }
   if (do_inter) {
@@ -151,6 +156,13 @@ gmm_kernel(const float* __restrict__ centers, const float* __restrict__ log_w, S
 }
 
 __global__ void write_class(int32_t* class_out, int c) { *class_out = c; }
+
+// class_out = class_index (>= 0) or the multi-level argmax of means (L, C): one thread, the same
+// HGAD_HD rule as the CPU (route_level_mean).
+__global__ void route_kernel(const float* __restrict__ means, int n_levels, int n_classes, int class_index,
+                             int32_t* __restrict__ class_out) {
+  *class_out = class_index >= 0 ? class_index : route_level_mean(means, n_levels, n_classes);
+}
 
 // Restores the current device on scope exit.
 class DeviceGuard {
@@ -168,8 +180,9 @@ class DeviceGuard {
 };
 
 template <typename T>
-void launch(const DeviceParams& p, const T* z, const float* logdet, int64_t n, int class_index, bool do_inter,
-            bool do_intra, float* logp, float* entropy, float* mean, int32_t* class_out, cudaStream_t stream) {
+void launch(const DeviceParams& p, const T* z, const float* logdet, int64_t n, int class_index,
+            const int32_t* class_in, bool do_inter, bool do_intra, float* logp, float* entropy, float* mean,
+            int32_t* class_out, cudaStream_t stream) {
   const int m_all = (do_inter ? p.n_classes : 0) + (do_intra ? p.n_intra : 0);
   Shapes sh{p.n_classes, p.n_intra, p.dim, kMaxTile};
   int max_optin = 0;
@@ -187,8 +200,8 @@ void launch(const DeviceParams& p, const T* z, const float* logdet, int64_t n, i
   const int64_t blocks = (n + kRowsPerBlock - 1) / kRowsPerBlock;
   if (blocks > 0x7fffffff) throw std::runtime_error("hgad_edge CUDA: too many positions");
   gmm_kernel<T><<<static_cast<unsigned>(blocks), kThreads, smem, stream>>>(
-      p.centers, p.log_w, sh, z, logdet, n, class_index, do_inter, do_intra, logp, entropy, mean, class_out,
-      1.0f / static_cast<float>(n));
+      p.centers, p.log_w, sh, z, logdet, n, class_index, class_in, do_inter, do_intra, logp, entropy, mean,
+      class_out, 1.0f / static_cast<float>(n));
   check(cudaGetLastError(), "kernel launch");
 }
 
@@ -202,11 +215,29 @@ void run(const DeviceParams& p, const T* z, const float* logdet, int64_t n, int 
     return;
   }
   if (class_index >= 0) {
-    launch(p, z, logdet, n, class_index, true, true, logp, entropy, mean, class_out, stream);
+    launch(p, z, logdet, n, class_index, nullptr, true, true, logp, entropy, mean, class_out, stream);
   } else {
-    launch(p, z, logdet, n, -1, true, false, logp, entropy, mean, class_out, stream);
-    launch(p, z, logdet, n, -1, false, true, logp, entropy, mean, class_out, stream);
+    launch(p, z, logdet, n, -1, nullptr, true, false, logp, entropy, mean, class_out, stream);
+    launch(p, z, logdet, n, -1, nullptr, false, true, logp, entropy, mean, class_out, stream);
   }
+}
+
+// The device a pointer lives on; throws unless it is device (or managed) memory.
+int device_of(const void* ptr, const char* name) {
+  cudaPointerAttributes attr{};
+  check(cudaPointerGetAttributes(&attr, ptr), (std::string("cudaPointerGetAttributes(") + name + ")").c_str());
+  if (attr.type != cudaMemoryTypeDevice && attr.type != cudaMemoryTypeManaged)
+    throw std::runtime_error(std::string("hgad_edge CUDA: ") + name + " is not device memory");
+  return attr.device;
+}
+
+// z must be device memory on the mixture's device.
+void check_z(const DeviceParams& p, const void* z) {
+  if (p.centers == nullptr) throw std::runtime_error("hgad_edge CUDA: parameters were not uploaded");
+  const int device = device_of(z, "z");
+  if (device != p.device)
+    throw std::runtime_error("hgad_edge CUDA: z is on device " + std::to_string(device) +
+                             " but the mixture was uploaded to device " + std::to_string(p.device));
 }
 
 }  // namespace
@@ -241,21 +272,52 @@ void cuda_release(DeviceParams& p) {
 void fused_cuda(const DeviceParams& p, const void* z, bool z_half, const float* logdet, int64_t n, int class_index,
                 float* logp, float* entropy, float* mean, int32_t* class_out, uintptr_t stream) {
   if (p.centers == nullptr) throw std::runtime_error("hgad_edge CUDA: parameters were not uploaded");
-  if (n > 0) {
-    cudaPointerAttributes attr{};
-    check(cudaPointerGetAttributes(&attr, z), "cudaPointerGetAttributes(z)");
-    if (attr.type != cudaMemoryTypeDevice && attr.type != cudaMemoryTypeManaged)
-      throw std::runtime_error("hgad_edge CUDA: z is not device memory");
-    if (attr.device != p.device)
-      throw std::runtime_error("hgad_edge CUDA: z is on device " + std::to_string(attr.device) +
-                               " but the mixture was uploaded to device " + std::to_string(p.device));
-  }
+  if (n > 0) check_z(p, z);
   DeviceGuard guard(p.device);
   auto s = reinterpret_cast<cudaStream_t>(stream);
   if (z_half)
     run(p, static_cast<const __half*>(z), logdet, n, class_index, logp, entropy, mean, class_out, s);
   else
     run(p, static_cast<const float*>(z), logdet, n, class_index, logp, entropy, mean, class_out, s);
+}
+
+void inter_cuda(const DeviceParams& p, const void* z, bool z_half, int64_t n, float* entropy, float* mean,
+                uintptr_t stream) {
+  if (p.centers == nullptr) throw std::runtime_error("hgad_edge CUDA: parameters were not uploaded");
+  if (n > 0) check_z(p, z);
+  DeviceGuard guard(p.device);
+  auto s = reinterpret_cast<cudaStream_t>(stream);
+  check(cudaMemsetAsync(mean, 0, sizeof(float) * p.n_classes, s), "cudaMemsetAsync");
+  if (n == 0) return;  // no position, no mass
+  if (z_half)
+    launch(p, static_cast<const __half*>(z), nullptr, n, -1, nullptr, true, false, nullptr, entropy, mean, nullptr, s);
+  else
+    launch(p, static_cast<const float*>(z), nullptr, n, -1, nullptr, true, false, nullptr, entropy, mean, nullptr, s);
+}
+
+void intra_cuda(const DeviceParams& p, const void* z, bool z_half, const float* logdet, int64_t n,
+                const int32_t* class_in, float* logp, uintptr_t stream) {
+  if (p.centers == nullptr) throw std::runtime_error("hgad_edge CUDA: parameters were not uploaded");
+  if (n == 0) return;
+  check_z(p, z);
+  DeviceGuard guard(p.device);
+  auto s = reinterpret_cast<cudaStream_t>(stream);
+  if (z_half)
+    launch(p, static_cast<const __half*>(z), logdet, n, -1, class_in, false, true, logp, nullptr, nullptr, nullptr,
+           s);
+  else
+    launch(p, static_cast<const float*>(z), logdet, n, -1, class_in, false, true, logp, nullptr, nullptr, nullptr,
+           s);
+}
+
+void route_cuda(const float* means, int n_levels, int n_classes, int class_index, int32_t* class_out,
+                uintptr_t stream) {
+  const int device = device_of(class_out, "class_out");
+  if (class_index < 0) device_of(means, "means");
+  DeviceGuard guard(device);
+  route_kernel<<<1, 1, 0, reinterpret_cast<cudaStream_t>(stream)>>>(means, n_levels, n_classes, class_index,
+                                                                      class_out);
+  check(cudaGetLastError(), "kernel launch");
 }
 
 }  // namespace gmm

@@ -1,16 +1,14 @@
-"""``hgad-edge export`` and ``hgad-edge bench``: thin shells over ``pipeline`` and ``bench``.
-
-``hgad_edge/cli.py`` calls ``register(subparsers)`` when this package imports.
-"""
+"""``hgad-edge export`` and ``hgad-edge bench``: thin shells over ``hgad_edge.export.pipeline``
+(the build side, imported by the verb only) and ``hgad_edge.evaluation.bench``."""
 from __future__ import annotations
 
 import argparse
 
-from .pipeline import FORMATS, PRECISIONS
+from hgad_edge.export.pipeline import FORMATS, PRECISIONS
 
 
 def _cmd_export(a: argparse.Namespace) -> int:
-    from .pipeline import ExportConfig, export_model
+    from hgad_edge.export.pipeline import ExportConfig, export_model
 
     if "triton" in (a.format or []):
         return _cmd_export_triton(a)
@@ -18,13 +16,13 @@ def _cmd_export(a: argparse.Namespace) -> int:
     cfg = ExportConfig(formats=formats, precisions=tuple(dict.fromkeys(a.precision or ["fp16"])),
                        full_graph=a.full_graph, opset=a.opset, calib_data=a.calib_data,
                        calib_images=a.calib_images, max_batch=a.max_batch, workspace_mb=a.workspace_mb)
-    meta = export_model(a.run_dir, cfg)
-    ort = meta["exports"]["onnxruntime"]
+    art = export_model(a.run_dir, cfg)
+    ort = art.exports["onnxruntime"]
     val = ort["validation"]
     print(f"ONNX (opset {ort['opset']}, folded flows): {', '.join(ort['files'].values())} → {a.run_dir}")
     print(f"  validation vs eager torch on {val['images']} {val['source']}: "
           + ", ".join(f"{k} {v:.1e}" for k, v in val["max_rel_err"].items()) + f" (relative) → {val['status']}")
-    for p, e in meta["exports"].get("tensorrt", {}).get("engines", {}).items():
+    for p, e in art.exports.get("tensorrt", {}).get("engines", {}).items():
         print(f"TensorRT {p}: {e['file']} for {e['gpu']} (sm {e['compute_capability']}, TensorRT {e['tensorrt']})")
     return 0 if val["status"] == "passed" else 1
 
@@ -32,7 +30,7 @@ def _cmd_export(a: argparse.Namespace) -> int:
 def _cmd_export_triton(a: argparse.Namespace) -> int:
     """``--format triton``: a Triton model repository (``triton.export_triton``); with
     ``--format tensorrt`` too, Triton's ONNX Runtime backend runs it through TensorRT."""
-    from .triton import export_triton
+    from hgad_edge.export.triton import export_triton
 
     if not a.out:
         raise ValueError("--format triton needs --out MODEL_REPO")
@@ -45,15 +43,15 @@ def _cmd_export_triton(a: argparse.Namespace) -> int:
 
 
 def _cmd_bench(a: argparse.Namespace) -> int:
-    from hgad_edge import _io
+    from hgad_edge import fileio
 
-    from .bench import format_table, rows_as_dicts, run_bench
+    from hgad_edge.evaluation.bench import format_table, rows_as_dicts, run_bench
 
     rows = run_bench(a.run_dir, a.data, device=a.device, threads=a.threads, frames=a.frames, warmup=a.warmup,
                      progress=not a.quiet)
     print(format_table(rows, a.threads))
     if a.json:
-        _io.write_json(a.json, rows_as_dicts(rows))
+        fileio.write_json(a.json, rows_as_dicts(rows))
         print(f"rows written to {a.json}")
     return 0
 
@@ -88,7 +86,7 @@ def register(sub) -> None:
                        help="benchmark table: every backend × precision, accuracy and end-to-end latency")
     s.add_argument("run_dir")
     s.add_argument("--data", required=True, help="dataset root (MVTec layout) whose test split is scored")
-    s.add_argument("--device", default="cpu", help="cpu or cuda")
+    s.add_argument("--device", default="auto", help="auto (a CUDA GPU when visible, else cpu), cpu, cuda or cuda:N")
     s.add_argument("--threads", type=int, default=2, help="intra-op threads of every backend")
     s.add_argument("--frames", type=int, default=100, help="timed frames per row (after warm-up)")
     s.add_argument("--warmup", type=int, default=10)

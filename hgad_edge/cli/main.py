@@ -1,17 +1,19 @@
-"""``hgad-edge`` command line: make-demo-data, train, eval, predict (export and bench join later).
+"""``hgad-edge`` command line: make-demo-data, train, eval, predict, and (``cli/export.py``)
+export and bench; ``stream`` from ``hgad_edge.stream.cli``.
 
-Thin shells over library functions; configuration dataclasses are built here only.
+Thin shells over library functions; configuration dataclasses are built here only. Building the
+parser imports nothing heavy (no torch, cv2, onnxruntime): ``hgad-edge --help`` stays fast.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
-from .config import ModelConfig, TrainConfig
+from hgad_edge.config import ModelConfig, TrainConfig
+from hgad_edge.runtime.registry import add_arguments as add_runtime_arguments
 
 log = logging.getLogger("hgad_edge")
 
@@ -35,7 +37,7 @@ def _parse_levels(text: str):
 
 
 def _cmd_make_demo_data(a: argparse.Namespace) -> int:
-    from .demo_data import format_summary, make_demo_data, summarize
+    from hgad_edge.data.demo import format_summary, make_demo_data, summarize
 
     classes = a.classes.split(",") if a.classes else None
     make_demo_data(a.out, classes=classes, n_train=a.n_train, n_test_good=a.n_test, n_test_defect=a.n_test,
@@ -46,8 +48,8 @@ def _cmd_make_demo_data(a: argparse.Namespace) -> int:
 
 
 def _cmd_train(a: argparse.Namespace) -> int:
-    from . import data
-    from .trainer import train
+    from hgad_edge import data
+    from hgad_edge.train.loop import train
 
     classes = data.resolve_classes(a.data, a.classes)
     defaults = ModelConfig(class_names=classes)
@@ -57,22 +59,23 @@ def _cmd_train(a: argparse.Namespace) -> int:
     tcfg = TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, lambda2=a.lambda_mi, seed=a.seed,
                        augment=a.augment,
                        target_fpr=a.target_fpr, calib_fraction=a.calib_fraction)
-    meta = train(a.data, a.out, mcfg, tcfg, resume=a.resume, backbone_weights=a.weights, progress=not a.quiet)
-    last = meta["history"][-1] if meta["history"] else {}
+    art = train(a.data, a.out, mcfg, tcfg, resume=a.resume, backbone_weights=a.weights, progress=not a.quiet)
+    last = art.history[-1] if art.history else {}
     print(f"trained {len(classes)} classes ({', '.join(classes)}) → {a.out}; final epoch losses: "
           + ", ".join(f"{k}={v:.4f}" for k, v in last.items() if k != "epoch"))
     return 0
 
 
 def _cmd_eval(a: argparse.Namespace) -> int:
-    from . import _io
-    from .evaluate import evaluate, format_table
+    from hgad_edge import fileio
+    from hgad_edge.evaluation.evaluator import evaluate, format_table
 
     classes = a.classes.split(",") if a.classes else None
-    report = evaluate(a.run_dir, a.data, classes=classes, backend=a.backend, full=a.full, progress=not a.quiet)
+    report = evaluate(a.run_dir, a.data, classes=classes, backend=a.backend, device=a.device,
+                      precision=a.precision, full=a.full, progress=not a.quiet)
     print(format_table(report))
     if a.json:
-        _io.write_json(a.json, report)
+        fileio.write_json(a.json, report)
         print(f"metrics written to {a.json}")
     return 0
 
@@ -80,11 +83,11 @@ def _cmd_eval(a: argparse.Namespace) -> int:
 def _cmd_predict(a: argparse.Namespace) -> int:
     import cv2
 
-    from . import _io, data
-    from .detector import Detector
-    from .overlay import draw_overlay
+    from hgad_edge import data, fileio
+    from hgad_edge.detector import Detector
+    from hgad_edge.overlay import draw_overlay
 
-    det = Detector(a.run_dir, backend=a.backend, target_fpr=a.target_fpr)
+    det = Detector(a.run_dir, backend=a.backend, target_fpr=a.target_fpr, device=a.device, precision=a.precision)
     os.makedirs(a.out, exist_ok=True)
     rows = []
     for path in a.images:
@@ -96,11 +99,11 @@ def _cmd_predict(a: argparse.Namespace) -> int:
         ok, buf = cv2.imencode(".png", draw_overlay(frame, r))
         if not ok:
             raise RuntimeError(f"could not encode overlay for {path}")
-        _io.write_bytes(out_path, buf.tobytes())
+        fileio.write_bytes(out_path, buf.tobytes())
         rows.append({"image": path, "overlay": out_path, **r.summary()})
         print(f"{'ANOMALY' if r.is_anomaly else 'ok     '} score={r.score:.3f} class={r.class_name:<12} "
               f"{r.timings_ms['total']:.1f} ms  {path}")
-    _io.write_json(os.path.join(a.out, "predictions.json"), rows)
+    fileio.write_json(os.path.join(a.out, "predictions.json"), rows)
     return 0
 
 
@@ -164,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("run_dir")
     s.add_argument("--data", required=True, help="dataset root in MVTec AD layout")
     s.add_argument("--classes", help="comma-separated subset")
-    s.add_argument("--backend", default="torch", help="auto, torch, onnxruntime or tensorrt")
+    add_runtime_arguments(s, backend_default="torch")
     s.add_argument("--full", action="store_true", help="also transductive scoring and every map combination")
     s.add_argument("--json", help="write the metrics as JSON here")
     s.add_argument("--quiet", action="store_true")
@@ -175,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("images", nargs="+", help="image files")
     s.add_argument("--out", required=True, help="folder for overlays and predictions.json")
     s.add_argument("--class", dest="class_name", help="the product class (default: routed per image)")
-    s.add_argument("--backend", default="auto")
+    add_runtime_arguments(s)
     s.add_argument("--target-fpr", type=float, default=None, help="override the stored false-positive rate")
     s.set_defaults(func=_cmd_predict)
     for register in _extra_commands():
@@ -184,16 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _extra_commands():
-    """Verbs contributed by optional subpackages (export, bench) when present."""
-    from .stream_cli import register as stream_register
+    """The verbs defined next to their subpackages: stream, export and bench."""
+    from hgad_edge.cli import export as export_cli
+    from hgad_edge.stream.cli import register as stream_register
 
-    out = [stream_register]
-    try:
-        from .export import cli as export_cli
-    except ImportError:
-        return out
-    out.append(export_cli.register)
-    return out
+    return [stream_register, export_cli.register]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

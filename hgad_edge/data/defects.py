@@ -17,7 +17,7 @@ from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 
-from ._photos import _photo, _warp
+from hgad_edge.data._photos import _photo, _warp
 
 log = logging.getLogger(__name__)
 

@@ -22,10 +22,10 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from . import data
-from ._photos import _scaled_photo, _warp
-from .defects import (DEFECT_TYPES, MASK_THRESHOLD, MAX_DEFECT_AREA, MIN_CONTRAST, MIN_DEFECT_AREA,  # noqa: F401
-                      synthesize_defect)
+from hgad_edge import data
+from hgad_edge.data._photos import _scaled_photo, _warp
+from hgad_edge.data.defects import (DEFECT_TYPES, MASK_THRESHOLD, MAX_DEFECT_AREA, MIN_CONTRAST,  # noqa: F401
+                                    MIN_DEFECT_AREA, synthesize_defect)
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +220,7 @@ def make_demo_data(out_dir: str, classes: Optional[Union[str, Sequence[str]]] = 
         for name in names:
             _write_class(tmp, name, n_train, n_test_good, n_test_defect, image_size, seed)
             log.info("demo class %s written", name)
-        info = {"generator": "hgad_edge.demo_data", "format_version": _FORMAT_VERSION, "seed": seed,
+        info = {"generator": "hgad_edge.data.demo", "format_version": _FORMAT_VERSION, "seed": seed,
                 "classes": names, "image_size": image_size, "n_train": n_train, "n_test_good": n_test_good,
                 "n_test_defect": n_test_defect, "defect_types": list(DEFECT_TYPES),
                 "mask_threshold": MASK_THRESHOLD, "sources": {n: CLASSES[n].source for n in names}}

@@ -16,6 +16,12 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from hgad_edge import artifact, data
+from hgad_edge.artifact import Artifact
+from hgad_edge.detector import Detector
+from hgad_edge.evaluation.evaluator import evaluate
+from hgad_edge.runtime import resolve_device
+
 log = logging.getLogger(__name__)
 
 PASSED, FAILED_VALIDATION, FAILED, UNAVAILABLE = ("passed", "exported but failed validation", "failed",
@@ -47,19 +53,16 @@ def _size_mb(run_dir: str, names: Sequence[str]) -> float:
     return sum(os.path.getsize(os.path.join(run_dir, n)) for n in names) / 2**20
 
 
-def _candidates(run_dir: str, meta: dict) -> List[tuple]:
+def _candidates(art: Artifact) -> List[tuple]:
     """(backend, precision, files, reason-if-unavailable) for every row of the table."""
-    from hgad_edge import artifact
-
-    exports = meta.get("exports", {})
     rows = [("torch", "fp32", [artifact.WEIGHTS, artifact.BACKBONE], "")]
-    ort = exports.get("onnxruntime")
+    ort = art.exports.get("onnxruntime")
     if ort:
         files = [ort["files"]["backbone"], ort["files"]["flows"]]
         rows.append(("onnxruntime", "fp32", files, ""))
     else:
-        rows.append(("onnxruntime", "fp32", [], f"not exported: hgad-edge export {run_dir} --format onnx"))
-    engines = exports.get("tensorrt", {}).get("engines", {})
+        rows.append(("onnxruntime", "fp32", [], f"not exported: hgad-edge export {art.run_dir} --format onnx"))
+    engines = art.usable_exports().get("tensorrt", {}).get("engines", {})
     for p in ("fp32", "fp16", "int8"):
         if p in engines:
             rows.append(("tensorrt", p, [engines[p]["file"]], ""))
@@ -85,18 +88,6 @@ def _unavailable_reason(backend: str, device: str) -> str:
     return ""
 
 
-def _detector(run_dir: str, backend: str, precision: str, device: str, threads: Optional[int]):
-    from hgad_edge.detector import Detector
-
-    det = Detector(run_dir, backend=backend, device=device, threads=threads)
-    if backend == "tensorrt" and getattr(det._backend, "precision", precision) != precision:
-        from .tensorrt_backend import TensorRTBackend
-
-        # the Detector loads the default engine; swap in the one of this row
-        det._backend = det.scorer.backend = TensorRTBackend(run_dir, det.meta, device=device, precision=precision)
-    return det
-
-
 def time_frames(det, frames: Sequence[np.ndarray], n: int, warmup: int) -> tuple:
     """Latency (ms) of ``n`` single-frame calls after ``warmup``; and the median stage split."""
     for i in range(warmup):
@@ -112,35 +103,39 @@ def time_frames(det, frames: Sequence[np.ndarray], n: int, warmup: int) -> tuple
     return np.array(lat), {k: float(np.median(v)) for k, v in stages.items()}
 
 
-def run_bench(run_dir: str, data_root: str, device: str = "cpu", threads: Optional[int] = 2, frames: int = 100,
+def run_bench(run_dir: str, data_root: str, device: str = "auto", threads: Optional[int] = 2, frames: int = 100,
               warmup: int = 10, map_images: int = 8, progress: bool = False) -> List[BenchRow]:
     """Benchmark every backend × precision of ``run_dir`` on the test split of ``data_root``."""
-    from hgad_edge import artifact, data
-    from hgad_edge.evaluate import evaluate
-
-    meta = artifact.read_metadata(run_dir)
-    samples = data.test_samples(data_root, list(meta["model_config"]["class_names"]))
+    device = resolve_device(device)
+    art = Artifact.read(run_dir)
+    samples = data.test_samples(data_root, art.class_names)
     if not samples:
         raise ValueError(f"no test images under {data_root} for the classes of {run_dir}")
     images = [data.read_image(s.path) for s in samples[:max(map_images, 1)]]
     ref_maps: Optional[List[np.ndarray]] = None
     ref_auroc = float("nan")
     rows = []
-    for backend, precision, files, missing in _candidates(run_dir, meta):
+    skipped = art.skipped_exports()
+    for backend, precision, files, missing in _candidates(art):
         row = BenchRow(backend, precision)
         rows.append(row)
+        if backend in skipped:  # exported, but its validation failed: never loaded
+            row.status, row.reason = FAILED_VALIDATION, skipped[backend]
+            continue
         reason = _unavailable_reason(backend, device) or missing
         if reason:
             row.status, row.reason = UNAVAILABLE, reason
             continue
         row.size_mb = _size_mb(run_dir, files)
         try:
-            det = _detector(run_dir, backend, precision, device, threads)
-            report = evaluate(run_dir, data_root, detector=det, progress=progress)
-            row.image_auroc = float(report["mean"]["known"]["image_auroc"])
-            row.pixel_auroc = float(report["mean"]["known"]["pixel_auroc"])
-            maps = [det(f).anomaly_map for f in images]
-            lat, row.stages_ms = time_frames(det, images, frames, warmup)
+            # torch runs on the bench's device too (CPU or GPU); engines have their own precision
+            with Detector(run_dir, backend=backend, device=device, threads=threads,
+                          precision=precision if backend == "tensorrt" else None) as det:
+                report = evaluate(run_dir, data_root, detector=det, progress=progress)
+                row.image_auroc = float(report["mean"]["known"]["image_auroc"])
+                row.pixel_auroc = float(report["mean"]["known"]["pixel_auroc"])
+                maps = [det(f).anomaly_map for f in images]
+                lat, row.stages_ms = time_frames(det, images, frames, warmup)
         except (ImportError, RuntimeError, ValueError, OSError) as e:
             row.status, row.reason = FAILED, f"{type(e).__name__}: {e}"
             log.warning("bench %s %s failed: %s", backend, precision, e)

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import check_pool
+from hgad_edge.config import check_pool
 
 log = logging.getLogger(__name__)
 

@@ -9,9 +9,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .backbone import FeatureExtractor
-from .config import ModelConfig
-from .flow import build_flow, positional_encoding_2d
+from hgad_edge.model.backbone import FeatureExtractor
+from hgad_edge.config import ModelConfig
+from hgad_edge.model.flow import build_flow, positional_encoding_2d
 
 LOG_2PI = math.log(2 * math.pi)
 

@@ -1,21 +1,20 @@
-"""Optimized backends for ``hgad_edge.Detector``: ONNX Runtime (default) and TensorRT.
+"""The ONNX Runtime backend (the default on CPU): the exported backbone and folded flows.
 
-A backend has ``name`` and ``run(batch (B, 3, S, S) float32) -> (levels, timings_ms)`` with
-``levels = [(z (B, N, D), logdet (B, N)) per level]`` and ``timings_ms = {"backbone", "flow"}``,
-the contract of ``hgad_edge._backends.TorchBackend``.
+Follows ``hgad_edge.runtime.base.Backend``; ``make_session`` is also what export validation uses.
 """
 from __future__ import annotations
 
 import logging
-import os
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from hgad_edge.artifact import Artifact
+from hgad_edge.runtime.base import LevelArrays
+
 log = logging.getLogger(__name__)
 
-LevelArrays = List[Tuple[np.ndarray, np.ndarray]]
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 SESSION_MODES = ("merged", "split")
 # Measured on the 256² default model, batch 1, CPU EP, 150 interleaved runs each: one session
@@ -73,8 +72,7 @@ class OnnxRuntimeBackend:
     """ONNX Runtime over the exported graphs of a model directory.
 
     Args:
-        run_dir: the model directory (``hgad-edge export RUN_DIR --format onnx`` done).
-        meta: its metadata (``hgad_edge.artifact.read_metadata``).
+        art: the model (``hgad-edge export RUN_DIR --format onnx`` done).
         device: "cpu" or "cuda" (TensorRT EP > CUDA EP when installed).
         threads: intra-op threads (default: ONNX Runtime's choice).
         mode: "split" (backbone.onnx then flows.onnx, reports both stages) or "merged"
@@ -83,22 +81,24 @@ class OnnxRuntimeBackend:
 
     name = "onnxruntime"
 
-    def __init__(self, run_dir: str, meta: dict, device: str = "cpu", threads: Optional[int] = None,
+    def __init__(self, art: Artifact, device: str = "cpu", threads: Optional[int] = None,
                  mode: str = DEFAULT_SESSION_MODE):
         if mode not in SESSION_MODES:
             raise ValueError(f"mode must be one of {SESSION_MODES}, got {mode!r}")
-        info = meta.get("exports", {}).get("onnxruntime")
+        info = art.usable_exports().get("onnxruntime")
         if not info:
-            raise RuntimeError(f"{run_dir} has no ONNX export: run `hgad-edge export {run_dir} --format onnx`")
+            raise RuntimeError(f"{art.run_dir} has no usable ONNX export: run "
+                               f"`hgad-edge export {art.run_dir} --format onnx`")
         providers = select_providers(device)
         files = info["files"]
         self.mode = mode
-        self.n_levels = len(meta["feature_shapes"])
+        self.device = device
+        self.n_levels = art.n_levels
         if mode == "merged":
-            self._net = make_session(os.path.join(run_dir, files["model"]), threads, providers)
+            self._net = make_session(art.path(files["model"]), threads, providers)
         else:
-            self._bb = make_session(os.path.join(run_dir, files["backbone"]), threads, providers)
-            self._fl = make_session(os.path.join(run_dir, files["flows"]), threads, providers)
+            self._bb = make_session(art.path(files["backbone"]), threads, providers)
+            self._fl = make_session(art.path(files["flows"]), threads, providers)
             self._feat_names = [o.name for o in self._bb.get_outputs()]
         self.providers = (self._net if mode == "merged" else self._bb).get_providers()
         log.info("onnxruntime %s session(s), providers %s, threads %s", mode, self.providers, threads)
@@ -118,17 +118,8 @@ class OnnxRuntimeBackend:
         t2 = time.perf_counter()
         return self._levels(outs), {"backbone": (t1 - t0) * 1e3, "flow": (t2 - t1) * 1e3}
 
+    def close(self) -> None:
+        """Drop the sessions (ONNX Runtime frees them with the last reference)."""
+        for attr in ("_net", "_bb", "_fl"):
+            self.__dict__.pop(attr, None)
 
-def make_backend(name: str, run_dir: str, meta: dict, device: str = "cpu", threads: Optional[int] = None):
-    """The backend ``name`` ("onnxruntime" or "tensorrt") of a model directory.
-
-    Raises ``RuntimeError`` when the model lacks the export, ``ImportError`` when the runtime is
-    not installed (the message says what to ``pip install``).
-    """
-    if name == "onnxruntime":
-        return OnnxRuntimeBackend(run_dir, meta, device=device, threads=threads)
-    if name == "tensorrt":
-        from .tensorrt_backend import TensorRTBackend
-
-        return TensorRTBackend(run_dir, meta, device=device)
-    raise ValueError(f"unknown backend {name!r}; this module provides 'onnxruntime' and 'tensorrt'")

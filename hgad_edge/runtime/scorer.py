@@ -2,24 +2,13 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .gmm import GaussianMixture
-from .preprocess import preprocess
-
-
-@dataclass
-class FrameRaw:
-    """The routed class and per-level maps of one frame, before normalisation."""
-
-    class_index: int
-    class_confidence: float
-    posterior: np.ndarray  # (C,) image-mean inter-class posterior, averaged over levels
-    logp: List[np.ndarray]  # per level (h_l, w_l)
-    entropy: List[np.ndarray]  # per level (h_l, w_l)
+from hgad_edge.gmm import GaussianMixture, route
+from hgad_edge.postprocess import FrameRaw
+from hgad_edge.preprocess import preprocess
 
 
 class Scorer:
@@ -45,7 +34,7 @@ class Scorer:
         if class_index is None:
             inter = [g.inter(z[index]) for g, (z, _) in zip(self.gmms, levels)]
             posterior = np.mean([pm for _, pm in inter], axis=0)  # (C,)
-            c = int(np.argmax(posterior))
+            c = route([pm for _, pm in inter])
             entropy = [e for e, _ in inter]
             logp = [g.intra(z[index], ld[index], c) for g, (z, ld) in zip(self.gmms, levels)]
         else:

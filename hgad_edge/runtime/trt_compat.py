@@ -101,13 +101,11 @@ def check_compatible(built_for: Dict[str, str], here: Dict[str, str], path: str 
 
 
 def write_engine(path: str, plan: bytes, header: Dict[str, object]) -> None:
-    """Write an engine file: MAGIC · len · JSON header · plan."""
+    """Write an engine file atomically: MAGIC · len · JSON header · plan."""
+    from hgad_edge import fileio
+
     head = json.dumps(header, sort_keys=True).encode("utf-8")
-    with open(path, "wb") as f:
-        f.write(MAGIC)
-        f.write(struct.pack("<I", len(head)))
-        f.write(head)
-        f.write(bytes(plan))
+    fileio.write_bytes(path, MAGIC + struct.pack("<I", len(head)) + head + bytes(plan))
 
 
 def read_engine(path: str, read_plan: bool = True) -> Tuple[Dict[str, object], Optional[bytes]]:

@@ -13,9 +13,10 @@ import threading
 import time
 from typing import Optional, Tuple
 
-from ._alarm import parse_alarm
-from ._capture import SourceError
-from .stream import StreamConfig, run_stream
+from hgad_edge.runtime.registry import add_arguments as add_runtime_arguments
+from hgad_edge.stream.alarm import parse_alarm
+from hgad_edge.stream.capture import SourceError
+from hgad_edge.stream.loop import StreamConfig, run_stream
 
 
 def _roi_arg(text: str) -> Tuple[int, int, int, int]:
@@ -37,14 +38,12 @@ def _alarm_arg(text: str) -> Optional[Tuple[int, int]]:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The stream options (shared by ``python -m hgad_edge.stream`` and ``hgad-edge stream``)."""
-    from .detector import BACKENDS
-
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--camera", type=int, metavar="N", help="camera index (/dev/videoN)")
     src.add_argument("--source", metavar="SRC", help="video file, image folder, rtsp:// or http:// URL, or a "
                      "GStreamer pipeline ending in appsink (contains '!')")
     p.add_argument("--model", required=True, metavar="RUN_DIR", help="trained (and exported) model directory")
-    p.add_argument("--backend", default="auto", choices=BACKENDS, help="inference backend (auto: fastest available)")
+    add_runtime_arguments(p)
     p.add_argument("--class", dest="class_name", help="product class (default: routed per frame)")
     p.add_argument("--target-fpr", type=float, help="override the stored false-positive rate of the thresholds")
     p.add_argument("--threads", type=int, help="backend intra-op threads")
@@ -69,7 +68,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def config_from_args(a: argparse.Namespace) -> StreamConfig:
     return StreamConfig(
-        source=a.camera if a.camera is not None else a.source, model=a.model, backend=a.backend,
+        source=a.camera if a.camera is not None else a.source, model=a.model, backend=a.backend, device=a.device,
+        precision=a.precision,
         class_name=a.class_name, target_fpr=a.target_fpr, threads=a.threads, realtime=a.realtime, fps=a.fps,
         display=not a.headless, save=a.save, jsonl=a.jsonl, alarm=a.alarm, roi=a.roi, max_frames=a.max_frames,
         duration=a.duration, reconnect_attempts=a.reconnect_attempts, reconnect_delay=a.reconnect_delay,
@@ -79,7 +79,7 @@ def config_from_args(a: argparse.Namespace) -> StreamConfig:
 def _cmd_stream(a: argparse.Namespace) -> int:
     """Run the stream; exit 0 when it ended or was stopped, 1 when a live source was lost for
     good, 2 when it could not start (source, model, arguments)."""
-    from .artifact import ArtifactError
+    from hgad_edge.artifact import ArtifactError
 
     stop = threading.Event()
 
@@ -124,9 +124,9 @@ def register(sub) -> None:
 
 
 def main(argv=None) -> int:
-    from . import stream
+    import hgad_edge.stream as package
 
-    p = argparse.ArgumentParser(prog="python -m hgad_edge.stream", description=stream.__doc__.split("\n")[0],
+    p = argparse.ArgumentParser(prog="python -m hgad_edge.stream", description=package.__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     add_arguments(p)

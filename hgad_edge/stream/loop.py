@@ -1,9 +1,9 @@
 """Live stream scoring: ``python -m hgad_edge.stream --camera 0 --model RUN_DIR``.
 
-A capture thread (``_capture.py``) hands frames to the inference loop here: newest frame only for
+A capture thread (``capture.py``) hands frames to the inference loop here: newest frame only for
 cameras, URLs and GStreamer pipelines (inference never falls behind; drops are counted), every
 frame in order for files and folders unless ``realtime``. Each scored frame can go to a window,
-an annotated video, a JSONL event log and an N-of-M alarm (``_alarm.py``).
+an annotated video, a JSONL event log and an N-of-M alarm (``alarm.py``).
 """
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Dict, Optional, Tuple, Union
 
-from ._alarm import AlarmDebouncer
-from ._capture import END, CaptureFactory, CaptureThread, FrameBuffer, SourceError, is_live, open_capture, \
-    open_checked, source_kind
-from ._stream_io import LatencyStats, _crop, _Outputs, annotate  # noqa: F401 (annotate is public API)
+from hgad_edge.stream.alarm import AlarmDebouncer
+from hgad_edge.stream.capture import (END, CaptureFactory, CaptureThread, FrameBuffer,  # noqa: F401
+                                      SourceError, is_live, open_capture, open_checked, source_kind)
+from hgad_edge.stream.outputs import LatencyStats, _crop, _Outputs, annotate  # noqa: F401 (annotate is public API)
 
 log = logging.getLogger("hgad_edge.stream")
 ENDINGS = ("end_of_source", "max_frames", "duration", "stopped", "source_lost")
@@ -31,7 +31,8 @@ class StreamConfig:
     Args:
         source: camera index (int), video file, image folder, rtsp/http URL or GStreamer pipeline.
         model: RUN_DIR of a trained model (not needed when ``run_stream`` gets a detector).
-        backend, target_fpr, threads: passed to ``Detector``.
+        backend, device, precision, target_fpr, threads: passed to ``Detector`` (device "auto":
+            a CUDA GPU when one is visible, so ``backend="tensorrt"``/"auto" use it on a Jetson).
         class_name: the product class; None routes every frame on its own.
         realtime: files/folders: True paces at ``fps`` and keeps only the newest frame, False
             (default) scores every frame in order. Live sources are always newest-frame-only.
@@ -49,6 +50,8 @@ class StreamConfig:
     source: Union[int, str]
     model: Optional[str] = None
     backend: str = "auto"
+    device: str = "auto"
+    precision: Optional[str] = None
     class_name: Optional[str] = None
     target_fpr: Optional[float] = None
     threads: Optional[int] = None
@@ -149,14 +152,18 @@ def run_stream(cfg: StreamConfig, detector=None, stop_event: Optional[threading.
         raise ValueError("StreamConfig.model (a RUN_DIR) is needed when no detector is given")
     live = is_live(cfg.source)
     cap = open_checked(cfg.source, capture_factory)  # first: a wrong source fails before the model loads
+    own_detector = detector is None
     try:
         if detector is None:
-            from .detector import Detector
+            from hgad_edge.detector import Detector
 
-            detector = Detector(cfg.model, backend=cfg.backend, target_fpr=cfg.target_fpr, threads=cfg.threads)
+            detector = Detector(cfg.model, backend=cfg.backend, device=cfg.device, precision=cfg.precision,
+                                target_fpr=cfg.target_fpr, threads=cfg.threads)
         detector.class_index(cfg.class_name)  # an unknown class fails here, naming the known ones
     except BaseException:
         cap.release()
+        if own_detector and detector is not None:
+            detector.close()
         raise
     backend = str(getattr(detector, "backend", "custom"))
 
@@ -263,16 +270,7 @@ def run_stream(cfg: StreamConfig, detector=None, stop_event: Optional[threading.
         outputs.record({"type": "summary", "time": time.time(), **summary.as_dict()})
     finally:
         outputs.close()
+        if own_detector:
+            detector.close()
     log.info("stream ended (%s): %d frames scored, %d dropped, %.2f FPS", ended, scored, buffer.dropped, summary.fps)
     return summary
-
-
-def main(argv=None) -> int:
-    """``python -m hgad_edge.stream``: see ``hgad_edge.stream_cli``."""
-    from .stream_cli import main as cli_main
-
-    return cli_main(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

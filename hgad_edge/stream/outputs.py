@@ -10,7 +10,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
-log = logging.getLogger("hgad_edge.stream")  # the stream's own logger: these warnings are the stream's
+log = logging.getLogger("hgad_edge.stream.loop")  # the stream's own logger: these warnings are the stream's
 
 
 class LatencyStats:
@@ -110,7 +110,7 @@ def annotate(frame: np.ndarray, result, box, fps: float, latency_ms: float, alar
     """The frame with heatmap and mask contours in ``box`` and a banner: verdict, class, FPS, latency."""
     import cv2
 
-    from .overlay import draw_overlay
+    from hgad_edge.overlay import draw_overlay
 
     x, y, w, h = box
     out = frame.copy() if frame.ndim == 3 else cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)

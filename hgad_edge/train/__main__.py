@@ -17,7 +17,7 @@ import logging
 import sys
 from typing import List, Optional, Sequence, Tuple
 
-from . import distributed
+from hgad_edge.train import distributed
 
 
 def _split_backend(argv: Sequence[str]) -> Tuple[Optional[str], List[str]]:
@@ -37,7 +37,7 @@ def _split_backend(argv: Sequence[str]) -> Tuple[Optional[str], List[str]]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Join the process group (if any), run ``hgad-edge train`` with ``argv``, leave the group."""
-    from .cli import main as cli_main
+    from hgad_edge.cli.main import main as cli_main
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in ("-h", "--help"):

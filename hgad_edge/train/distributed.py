@@ -1,6 +1,6 @@
 """Data-parallel training helpers (``torchrun``): process group, sharding, exact gradient averaging.
 
-How a multi-process run stays the single-process algorithm (DESIGN.md §5):
+How a multi-process run stays the single-process algorithm (docs/design.md §5):
 
 * **Same batches.** Every rank draws the same (seed, epoch) permutation of the *whole* training
   set and walks the same global batches of ``batch_size``; rank ``r`` computes only the samples

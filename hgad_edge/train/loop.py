@@ -18,15 +18,17 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import _io, artifact, data, distributed
-from ._backends import TorchBackend
-from .calibrate import calibrate_class
-from .config import ModelConfig, TrainConfig
-from .gmm import GaussianMixture
-from .loss import hgad_losses, total_loss
-from .model import HGAD
-from .preprocess import preprocess
-from .scorer import Scorer
+from hgad_edge import artifact, data, fileio
+from hgad_edge.artifact import Artifact
+from hgad_edge.calibrate import calibrate_class
+from hgad_edge.config import ModelConfig, TrainConfig
+from hgad_edge.gmm import GaussianMixture
+from hgad_edge.model.hgad import HGAD
+from hgad_edge.preprocess import preprocess
+from hgad_edge.runtime.eager import TorchBackend
+from hgad_edge.runtime.scorer import Scorer
+from hgad_edge.train import distributed
+from hgad_edge.train.loss import hgad_losses, total_loss
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.safetensors"
@@ -103,7 +105,7 @@ def _save_checkpoint(path: str, model: HGAD, opt: torch.optim.Optimizer, epoch: 
             tensors[f"opt.{idx}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
     meta = {"epoch": str(epoch), "history": json.dumps(history), "model_config": json.dumps(model_cfg.to_dict()),
             "train_config": json.dumps(_train_dict(train_cfg))}
-    _io.save_tensors(path, tensors, metadata=meta)
+    fileio.save_tensors(path, tensors, metadata=meta)
 
 
 def _load_checkpoint(path: str, model: HGAD, opt: torch.optim.Optimizer, model_cfg: ModelConfig):
@@ -212,30 +214,30 @@ def calibrate_model(model: HGAD, images: Sequence[np.ndarray], labels: Sequence[
 
 
 def write_artifact(out_dir: str, model: HGAD, model_cfg: ModelConfig, train_cfg: TrainConfig, calibration: dict,
-                   history: list, extra: Optional[dict] = None) -> dict:
+                   history: list, data_info: Optional[dict] = None) -> Artifact:
     """Backbone, weights (+ GMM arrays) as safetensors and model.json with checksums."""
-    _io.save_tensors(os.path.join(out_dir, artifact.BACKBONE), model.backbone.body.state_dict())
+    fileio.save_tensors(os.path.join(out_dir, artifact.BACKBONE), model.backbone.body.state_dict())
     weights = dict(model.trainable_state())
     for l in range(model.n_levels):
         for k, v in model.gmm_arrays(l).items():
             weights[f"gmm.{l}.{k}"] = torch.from_numpy(v.copy())
-    _io.save_tensors(os.path.join(out_dir, artifact.WEIGHTS), weights)
-    meta = {"model_config": model_cfg.to_dict(), "train_config": _train_dict(train_cfg),
-            "feature_shapes": [list(s) for s in model.feature_shapes], "dims": model.dims,
-            "calibration": calibration, "target_fpr": train_cfg.target_fpr, "combine": DEFAULT_COMBINE,
-            "history": history, "versions": artifact.library_versions(),
-            "files": {artifact.BACKBONE: "", artifact.WEIGHTS: ""}, **(extra or {})}
-    artifact.write_metadata(out_dir, meta)
-    return meta
+    fileio.save_tensors(os.path.join(out_dir, artifact.WEIGHTS), weights)
+    art = Artifact(run_dir=out_dir, model_config=model_cfg, feature_shapes=list(model.feature_shapes),
+                   dims=list(model.dims), calibration=calibration, combine=DEFAULT_COMBINE,
+                   target_fpr=train_cfg.target_fpr, files={artifact.BACKBONE: "", artifact.WEIGHTS: ""},
+                   train_config=_train_dict(train_cfg), history=history, data=dict(data_info or {}),
+                   versions=artifact.library_versions())
+    art.write()
+    return art
 
 
 def train(data_root: str, out_dir: str, model_cfg: ModelConfig, train_cfg: TrainConfig, resume: bool = False,
-          backbone_weights: Optional[str] = None, progress: bool = True) -> dict:
-    """Train one unified model on every class of ``model_cfg.class_names``; returns the metadata.
+          backbone_weights: Optional[str] = None, progress: bool = True) -> Artifact:
+    """Train one unified model on every class of ``model_cfg.class_names``; returns its artifact.
 
     Inside an initialised process group (``torchrun -m hgad_edge.train``) every rank caches its
     shard only, gradients and feature statistics are all-reduced, and rank 0 alone shows progress,
-    writes checkpoints, calibrates and writes the artifact; every rank returns its metadata.
+    writes checkpoints, calibrates and writes the artifact; every rank returns the artifact.
     """
     samples = data.train_samples(data_root, model_cfg.class_names)
     fit_s, calib_s = data.split_calibration(samples, train_cfg.calib_fraction, train_cfg.seed)
@@ -296,7 +298,7 @@ def train(data_root: str, out_dir: str, model_cfg: ModelConfig, train_cfg: Train
         return distributed.broadcast_object(None)
     calibration = calibrate_model(model, calib_images, [s.class_index for s in calib_s], model_cfg.class_names,
                                   train_cfg.batch_size, progress)
-    extra = {"data": {"root": os.path.abspath(data_root), "n_train": len(fit_s), "n_calibration": len(calib_s),
-                      "calibration_files": [os.path.relpath(s.path, data_root) for s in calib_s]}}
-    meta = write_artifact(out_dir, model, model_cfg, train_cfg, calibration, history, extra)
-    return distributed.broadcast_object(meta) if dist_info is not None else meta
+    data_info = {"root": os.path.abspath(data_root), "n_train": len(fit_s), "n_calibration": len(calib_s),
+                 "calibration_files": [os.path.relpath(s.path, data_root) for s in calib_s]}
+    art = write_artifact(out_dir, model, model_cfg, train_cfg, calibration, history, data_info)
+    return distributed.broadcast_object(art) if dist_info is not None else art

@@ -1,15 +1,14 @@
-"""HGAD losses of one level (DESIGN.md §2), on flattened positions."""
+"""HGAD losses of one level (docs/design.md §2), on flattened positions; the mixture formulas
+themselves are ``hgad_edge.model.mixture`` (shared with the ONNX scoring graph)."""
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
-from .model import MixturePrior
-
-LOG_2PI = math.log(2 * math.pi)
+from hgad_edge.model.hgad import MixturePrior
+from hgad_edge.model.mixture import inter_logits, intra_lse, log_likelihood
 
 
 class Losses(NamedTuple):
@@ -18,13 +17,6 @@ class Losses(NamedTuple):
     e: torch.Tensor
     g_intra: torch.Tensor
     z: torch.Tensor
-
-
-def squared_distances(z: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
-    """||z_i − c_j||² via the BLAS expansion: z (M, D), centers (J, D) → (M, J)."""
-    zz = (z * z).sum(1, keepdim=True)  # (M, 1)
-    cc = (centers * centers).sum(1)  # (J,)
-    return (zz - 2.0 * z @ centers.t() + cc).clamp_min(0.0)  # (M, J)
 
 
 def hgad_losses(z: torch.Tensor, logdet: torch.Tensor, y: torch.Tensor, prior: MixturePrior,
@@ -37,21 +29,16 @@ def hgad_losses(z: torch.Tensor, logdet: torch.Tensor, y: torch.Tensor, prior: M
     m, d = z.shape
     n_classes = prior.mu.shape[0]
     log_pi = prior.log_pi_inter()  # (C,)
-    dist = squared_distances(z, prior.mu)  # (M, C)
-    logits = -0.5 * dist + log_pi  # (M, C)
+    logits = inter_logits(z, prior.mu, log_pi)  # (M, C)
     l_g = ((-torch.logsumexp(logits, 1) - logdet) / d).mean()
     target = F.one_hot(y, n_classes).to(z.dtype) * (1 - label_smoothing) + label_smoothing / n_classes  # (M, C)
     l_mi = (target * (F.log_softmax(logits, 1) - log_pi.detach())).sum(1).mean()
-    p = F.softmax(-0.5 * dist, 1)  # (M, C)
-    l_e = -(p * F.log_softmax(-0.5 * dist, 1)).sum(1).mean()
-    centers = prior.intra_centers()  # (C, K, D)
-    k = centers.shape[1]
-    d_all = squared_distances(z, centers.reshape(n_classes * k, d)).view(m, n_classes, k)  # (M, C, K)
-    d_y = d_all.gather(1, y.view(m, 1, 1).expand(m, 1, k)).squeeze(1)  # (M, K)
-    lse = torch.logsumexp(-0.5 * d_y + prior.log_pi_intra()[y], 1)  # (M,)
+    half_dist = logits - log_pi  # (M, C) −½ d: L_e is the entropy of the unweighted posterior
+    l_e = -(F.softmax(half_dist, 1) * F.log_softmax(half_dist, 1)).sum(1).mean()
+    lse_all = intra_lse(z, prior.intra_centers(), prior.log_pi_intra())  # (M, C)
+    lse = lse_all.gather(1, y.view(m, 1)).squeeze(1)  # (M,)
     l_g_intra = ((-lse - logdet) / d).mean()
-    logp = (-0.5 * LOG_2PI * d + lse + logdet) / d  # (M,)
-    l_z = -F.logsigmoid(logp).mean()
+    l_z = -F.logsigmoid(log_likelihood(lse, logdet, d)).mean()
     return Losses(l_g, l_mi, l_e, l_g_intra, l_z)
 
 

@@ -14,7 +14,7 @@ from tests.integration.conftest import trained_run  # noqa: F401  (session fixtu
 
 from hgad_edge import artifact, data
 from hgad_edge.detector import Detector
-from hgad_edge.evaluate import evaluate
+from hgad_edge.evaluation.evaluator import evaluate
 
 
 def _gpu_reason() -> str:
@@ -50,9 +50,9 @@ def engine_run(trained_run, tmp_path_factory):  # noqa: F811
 
 
 def test_engines_record_the_device(engine_run):
-    from hgad_edge.export import trt_compat
+    from hgad_edge.runtime import trt_compat
 
-    meta = artifact.read_metadata(engine_run)
+    meta = artifact.Artifact.read(engine_run).to_dict()
     here = trt_compat.device_info(0)
     for p, e in meta["exports"]["tensorrt"]["engines"].items():
         header, _ = trt_compat.read_engine(f"{engine_run}/{e['file']}", read_plan=False)
@@ -63,7 +63,7 @@ def test_engines_record_the_device(engine_run):
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
 def test_tensorrt_matches_torch(engine_run, demo_root, precision):
-    from hgad_edge.export.tensorrt_backend import TensorRTBackend
+    from hgad_edge.runtime.tensorrt import TensorRTBackend
 
     torch_det = Detector(engine_run, backend="torch", device="cuda")
     trt_det = Detector(engine_run, backend="tensorrt", device="cuda")
@@ -91,11 +91,11 @@ def test_batches_beyond_the_profile_are_chunked(engine_run, demo_root):
 
 
 def test_engine_from_another_device_is_refused(engine_run, tmp_path):
-    from hgad_edge.export import trt_compat
+    from hgad_edge.runtime import trt_compat
 
     run = str(tmp_path / "run")
     shutil.copytree(engine_run, run)
-    meta = artifact.read_metadata(run)
+    meta = artifact.Artifact.read(run).to_dict()
     name = meta["exports"]["tensorrt"]["engines"]["fp16"]["file"]
     header, plan = trt_compat.read_engine(f"{run}/{name}")
     trt_compat.write_engine(f"{run}/{name}", plan, dict(header, compute_capability="7.2", gpu="Xavier"))

@@ -5,7 +5,7 @@ import pytest
 
 from hgad_edge import data
 from hgad_edge.config import ModelConfig, TrainConfig
-from hgad_edge.trainer import train
+from hgad_edge.train.loop import train
 
 SMALL = dict(image_size=128, coupling_blocks=2, n_intra=3, pos_dim=32)
 

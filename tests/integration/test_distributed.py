@@ -25,7 +25,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hgad_edge import artifact, data, distributed
+from hgad_edge import artifact, data
+from hgad_edge.train import distributed
 from hgad_edge.detector import Detector
 
 from .conftest import small_configs
@@ -51,14 +52,14 @@ def _worker(rank: int, world: int, port: int, root: str, out: str, epochs: int) 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank), OMP_NUM_THREADS="1")
     torch.set_num_threads(1)
-    from hgad_edge.trainer import train
+    from hgad_edge.train.loop import train
 
     info = distributed.init("gloo")
     try:
         mcfg, tcfg = small_configs(root, epochs=epochs)
         meta = train(root, out, mcfg, tcfg, progress=False)
         with open(os.path.join(os.path.dirname(out), f"rank{rank}.json"), "w") as f:
-            json.dump({"rank": info.rank, "history": meta["history"], "wrote": info.is_main}, f)
+            json.dump({"rank": info.rank, "history": meta.history, "wrote": info.is_main}, f)
     finally:
         distributed.shutdown()
 
@@ -87,12 +88,12 @@ def test_every_rank_returns_the_metadata_and_rank0_alone_writes(ddp_run):
     assert [r["rank"] for r in reports] == [0, 1]
     assert reports[0]["history"] == reports[1]["history"]
     assert sorted(os.listdir(runs)) == ["rank0.json", "rank1.json", "run"]
-    meta = artifact.read_metadata(ddp_run)  # checksums verified
+    meta = artifact.Artifact.read(ddp_run).to_dict()  # checksums verified
     assert os.path.exists(os.path.join(ddp_run, "checkpoint.safetensors")) and len(meta["history"]) == 3
 
 
 def test_loss_goes_down(ddp_run):
-    h = artifact.read_metadata(ddp_run)["history"]
+    h = artifact.Artifact.read(ddp_run).to_dict()["history"]
     assert len(h) == 3
     loss = [e["loss"] for e in h]
     # Epoch 1 is stage 1 (stage1_epochs=1); stage 2 adds L_g_intra + L_z, so compare totals within a stage.
@@ -102,7 +103,7 @@ def test_loss_goes_down(ddp_run):
 
 def test_matches_single_process_run(ddp_run, trained_run, demo_root):
     """``trained_run`` is the same config trained in one process."""
-    ma, mb = artifact.read_metadata(trained_run), artifact.read_metadata(ddp_run)
+    ma, mb = artifact.Artifact.read(trained_run).to_dict(), artifact.Artifact.read(ddp_run).to_dict()
     for ha, hb in zip(ma["history"], mb["history"]):
         for k in ha:
             assert hb[k] == pytest.approx(ha[k], rel=LOSS_TOL, abs=1e-6), (ha["epoch"], k)
@@ -125,7 +126,7 @@ def test_matches_single_process_run(ddp_run, trained_run, demo_root):
 def test_torchrun_cli_resumes_a_checkpoint(tiny_root, tmp_path):
     """The real entry, ``torchrun --nproc_per_node 2 -m hgad_edge.train`` with `hgad-edge train`
     flags, resuming on both ranks the checkpoint of a one-epoch single-process run."""
-    from hgad_edge.cli import main as cli_main
+    from hgad_edge.cli.main import main as cli_main
 
     out = str(tmp_path / "run")
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -133,9 +134,9 @@ def test_torchrun_cli_resumes_a_checkpoint(tiny_root, tmp_path):
              "--batch-size", "4", "--quiet"]
     assert cli_main(["train", *flags, "--epochs", "1"]) == 0
     os.remove(os.path.join(out, artifact.META))  # as if killed after epoch 1's checkpoint
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(WORLD), "--master_port", str(_free_port()), "-m", "hgad_edge.train",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(WORLD), "--master_port", str(_free_port()), "-m", "hgad_edge.train.__main__",
            *flags, "--epochs", "2", "--resume"]
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
     assert p.stdout.count("trained 2 classes") == 1, p.stdout  # rank 0 alone prints
-    assert [h["epoch"] for h in artifact.read_metadata(out)["history"]] == [1, 2]
+    assert [h["epoch"] for h in artifact.Artifact.read(out).to_dict()["history"]] == [1, 2]

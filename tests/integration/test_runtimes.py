@@ -11,7 +11,7 @@ import pytest
 
 from hgad_edge import artifact, data
 from hgad_edge.detector import Detector
-from hgad_edge.evaluate import evaluate
+from hgad_edge.evaluation.evaluator import evaluate
 
 MAP_TOL = 1e-4  # max |ORT − torch| over pixels, relative to the torch map's range
 
@@ -23,7 +23,8 @@ def exported_run(trained_run, tmp_path_factory) -> str:
     run = str(tmp_path_factory.mktemp("exported") / "run")
     shutil.copytree(trained_run, run)
     meta = export_model(run, ExportConfig(formats=("onnx",), full_graph=True))
-    assert meta["exports"]["onnxruntime"]["validation"]["status"] == "passed"
+    assert meta.exports["onnxruntime"]["validation"]["status"] == "passed"
+    assert meta.exports["onnxruntime"]["status"] == "passed"
     return run
 
 
@@ -35,13 +36,13 @@ def detectors(exported_run):
 
 @pytest.fixture(scope="module")
 def test_frames(demo_root, exported_run):
-    names = artifact.read_metadata(exported_run)["model_config"]["class_names"]
+    names = artifact.Artifact.read(exported_run).to_dict()["model_config"]["class_names"]
     samples = data.test_samples(demo_root, names)
     return samples, [data.read_image(s.path) for s in samples]
 
 
 def test_export_is_registered_with_checksums(exported_run):
-    meta = artifact.read_metadata(exported_run)  # verifies every checksum
+    meta = artifact.Artifact.read(exported_run).to_dict()  # verifies every checksum
     info = meta["exports"]["onnxruntime"]
     assert info["opset"] >= 17 and info["folded"] and info["precision"] == "fp32"
     for name in info["files"].values():
@@ -89,7 +90,7 @@ def test_image_auroc_identical_to_3_decimals(exported_run, demo_root, detectors)
 
 def test_full_graph_matches_detector_path(exported_run, detectors, test_frames):
     """full_graph.onnx (GMM as ONNX ops) gives the Scorer's routing and per-level maps."""
-    from hgad_edge.export.runtime import make_session
+    from hgad_edge.runtime.ort import make_session
     from hgad_edge.preprocess import preprocess
 
     torch_det, _ = detectors
@@ -108,7 +109,7 @@ def test_full_graph_matches_detector_path(exported_run, detectors, test_frames):
 
 
 def test_cli_export_and_bench(exported_run, demo_root, tmp_path, capsys):
-    from hgad_edge.cli import main
+    from hgad_edge.cli.main import main
 
     run = str(tmp_path / "run")
     shutil.copytree(exported_run, run)

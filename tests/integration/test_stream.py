@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from hgad_edge import data
-from hgad_edge._alarm import alarm_frames
-from hgad_edge._capture import SourceError
+from hgad_edge.stream.alarm import alarm_frames
+from hgad_edge.stream.capture import SourceError
 from hgad_edge.detector import Detector
 from hgad_edge.result import Result
 from hgad_edge.stream import StreamConfig, annotate, run_stream
@@ -346,7 +346,7 @@ def _env():
 
 
 def test_cli_unopenable_source_exits_2(trained_run, tmp_path, capsys):
-    from hgad_edge.stream import main
+    from hgad_edge.stream.cli import main
 
     assert main(["--source", str(tmp_path / "missing.mp4"), "--model", trained_run, "--headless"]) == 2
     assert "hgad-edge stream: error:" in capsys.readouterr().err

@@ -10,10 +10,10 @@ from safetensors.torch import load_file
 
 from hgad_edge import artifact, data
 from hgad_edge.artifact import ArtifactError
-from hgad_edge.cli import main as cli_main
+from hgad_edge.cli.main import main as cli_main
 from hgad_edge.detector import Detector
-from hgad_edge.evaluate import evaluate
-from hgad_edge.trainer import train
+from hgad_edge.evaluation.evaluator import evaluate
+from hgad_edge.train.loop import train
 
 from .conftest import small_configs
 
@@ -29,7 +29,7 @@ def _test_frames(root, n=4):
 
 
 def test_artifact_layout_and_checksums(trained_run):
-    meta = artifact.read_metadata(trained_run)
+    meta = artifact.Artifact.read(trained_run).to_dict()
     assert meta["format_version"] == artifact.FORMAT_VERSION
     assert set(meta["files"]) >= {artifact.WEIGHTS, artifact.BACKBONE}
     assert len(meta["history"]) == 3
@@ -77,7 +77,7 @@ def test_target_fpr_moves_the_threshold(trained_run):
     from hgad_edge.calibrate import threshold
 
     d = Detector(trained_run, backend="torch", target_fpr=0.99)
-    cal = d.meta["calibration"]
+    cal = d.artifact.calibration
     assert d.thresholds == [threshold(cal[c]["scores"][d.combine], 0.99) for c in d.class_names]
     d.set_target_fpr(0.01)
     assert d.thresholds == [threshold(cal[c]["scores"][d.combine], 0.01) for c in d.class_names]
@@ -112,7 +112,7 @@ def test_modified_missing_and_unknown_version_artifacts(trained_run, tmp_path):
 
 def test_every_map_is_calibrated_and_older_artifacts_say_which(trained_run, demo_root, tmp_path):
     frame = data.read_image(data.test_samples(demo_root, ["brick"])[0].path)
-    assert artifact.read_metadata(trained_run)["combine"] == "position"
+    assert artifact.Artifact.read(trained_run).to_dict()["combine"] == "position"
     for mode in ("position", "loglik", "product", "entropy"):
         r = Detector(trained_run, backend="torch", combine=mode)(frame)
         assert np.isfinite(r.anomaly_map).all() and r.threshold == r.threshold, mode
@@ -142,7 +142,7 @@ def test_resume_continues_exactly(demo_root, tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         np.testing.assert_allclose(b[k].numpy(), a[k].numpy(), rtol=1e-5, atol=1e-6, err_msg=k)
-    ma, mb = artifact.read_metadata(straight), artifact.read_metadata(resumed)
+    ma, mb = artifact.Artifact.read(straight).to_dict(), artifact.Artifact.read(resumed).to_dict()
     assert [h["epoch"] for h in mb["history"]] == [1, 2]
     assert mb["history"][-1]["loss"] == pytest.approx(ma["history"][-1]["loss"], rel=1e-5)
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from hgad_edge import data
-from hgad_edge.cli import main as cli_main
+from hgad_edge.cli.main import main as cli_main
 from hgad_edge.detector import Detector
 from hgad_edge.preprocess import preprocess
 
@@ -89,7 +89,7 @@ def test_config_is_a_valid_triton_model_config(repo):
 
 def test_onnxruntime_scores_like_the_detector(repo, config, trained_run, demo_root):
     """All demo test images in one batch (as Triton's dynamic batcher would send them)."""
-    from hgad_edge.export.runtime import make_session
+    from hgad_edge.runtime.ort import make_session
     from hgad_edge.export.triton import client_postprocess
 
     det = Detector(trained_run, backend="torch", threads=1)
@@ -102,19 +102,21 @@ def test_onnxruntime_scores_like_the_detector(repo, config, trained_run, demo_ro
         want = [] if "reshape" in t else t["dims"]
         assert list(outs[t["name"][0]].shape) == [len(frames), *want], t["name"]
     params = _params(config)
-    got = [client_postprocess(outs, params, i) for i in range(len(frames))]
+    got = [client_postprocess(outs, params, i, f.shape[:2]) for i, f in enumerate(frames)]
     want = det.predict([np.ascontiguousarray(f) for f in frames])
     raw = np.array([w.raw_score for w in want])
     span = float(raw.max() - raw.min())
     assert span > 0
     for g, w in zip(got, want):
-        assert g["class_name"] == w.class_name
-        assert abs(g["raw_score"] - w.raw_score) <= SCORE_TOL * span
-        assert abs(g["score"] - w.score) <= 1e-3
+        assert g.class_name == w.class_name
+        assert abs(g.raw_score - w.raw_score) <= SCORE_TOL * span
+        assert abs(g.score - w.score) <= 1e-3
+        assert abs(g.class_confidence - w.class_confidence) <= 1e-4
         if abs(w.raw_score - w.threshold) > SCORE_TOL * span:
-            assert g["is_anomaly"] == w.is_anomaly
-        # the Detector resizes the map to the frame; the demo frames are already S×S
-        np.testing.assert_allclose(g["anomaly_map"], w.anomaly_map, atol=SCORE_TOL * span)
+            assert g.is_anomaly == w.is_anomaly
+        # both resize the map to the frame and threshold it into the same mask
+        np.testing.assert_allclose(g.anomaly_map, w.anomaly_map, atol=SCORE_TOL * span)
+        assert g.mask.shape == w.mask.shape
 
 
 def test_cli_errors(trained_run, repo, capsys):

@@ -8,7 +8,7 @@ import torch
 
 from hgad_edge import data
 from hgad_edge.config import ModelConfig, TrainConfig
-from hgad_edge.trainer import train
+from hgad_edge.train.loop import train
 
 # The same model the CLI builds from TINY_CLI (so CLI runs and in-process runs are comparable).
 TINY_MODEL = dict(image_size=64, coupling_blocks=1, n_intra=2)

@@ -15,10 +15,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from hgad_edge import _io, artifact
+from hgad_edge import fileio, artifact
 from hgad_edge.artifact import ArtifactError
-from hgad_edge.backbone import FeatureExtractor, load_state_dict_file
-from hgad_edge.cli import main as cli_main
+from hgad_edge.model.backbone import FeatureExtractor, load_state_dict_file
+from hgad_edge.cli.main import main as cli_main
 from hgad_edge.detector import Detector
 
 from .conftest import TINY_CLI
@@ -58,7 +58,7 @@ def _edit_meta(run_dir: str, edit) -> None:
 
 def _rechecksum(run_dir: str) -> None:
     """What an attacker (or a careless copy tool) would do: make model.json agree with the files."""
-    _edit_meta(run_dir, lambda m: m["files"].update({n: _io.sha256(os.path.join(run_dir, n)) for n in m["files"]}))
+    _edit_meta(run_dir, lambda m: m["files"].update({n: fileio.sha256(os.path.join(run_dir, n)) for n in m["files"]}))
 
 
 def test_the_payload_is_live(tmp_path):
@@ -75,7 +75,7 @@ def test_pickle_planted_in_the_artifact_with_a_matching_checksum_never_runs(tiny
     marker = str(tmp_path / "pwned")
     _plant(os.path.join(run, target), marker)
     _rechecksum(run)
-    artifact.read_metadata(run)  # the checksum alone does not catch it
+    artifact.Artifact.read(run).to_dict()  # the checksum alone does not catch it
     with pytest.raises(ArtifactError, match=re.escape(target) + ".* as safetensors"):
         Detector(run, backend="torch")
     with pytest.raises(ArtifactError, match="as safetensors"):  # a damaged model, not a missing backend

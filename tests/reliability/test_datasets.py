@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from hgad_edge import artifact, data
-from hgad_edge.cli import main as cli_main
-from hgad_edge.evaluate import evaluate
-from hgad_edge.trainer import CHECKPOINT, train
+from hgad_edge.cli.main import main as cli_main
+from hgad_edge.evaluation.evaluator import evaluate
+from hgad_edge.train.loop import CHECKPOINT, train
 
 from .conftest import TINY_CLI, tiny_configs
 

@@ -267,10 +267,10 @@ def test_property_validate_frame_returns_bgr_uint8_or_raises_value_error(f):
 
 def test_property_test_can_fail(det, monkeypatch):
     """The property is not vacuous: a NaN map from the post-processing is caught by _check."""
-    import hgad_edge.detector as detector_mod
+    import hgad_edge.postprocess as postprocess
 
-    real = detector_mod.anomaly_map
-    monkeypatch.setattr(detector_mod, "anomaly_map", lambda *a, **k: real(*a, **k) * np.nan)
+    real = postprocess.anomaly_map
+    monkeypatch.setattr(postprocess, "anomaly_map", lambda *a, **k: real(*a, **k) * np.nan)
     r = det(np.zeros((8, 8, 3), np.uint8))
     with pytest.raises(AssertionError, match="NaN"):
         _check(r, (8, 8))

@@ -15,13 +15,14 @@ import time
 
 import numpy as np
 import pytest
-from safetensors import SafetensorError, safe_open
+import safetensors.torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
-from hgad_edge import _io, artifact
-from hgad_edge.cli import main as cli_main
-from hgad_edge.evaluate import evaluate
-from hgad_edge.trainer import CHECKPOINT, train
+from hgad_edge import fileio, artifact
+from hgad_edge.cli.main import main as cli_main
+from hgad_edge.evaluation.evaluator import evaluate
+from hgad_edge.train.loop import CHECKPOINT, train
 
 from .conftest import TINY_CLI, one_thread, tiny_configs
 
@@ -40,8 +41,8 @@ EPOCHS = 3
 #   write  — inside the checkpoint write of epoch STALL_EPOCH + 1, with half the bytes on disk.
 _STALLING_CLI = r"""
 import os, sys, time
-import hgad_edge._io as io_mod
-import hgad_edge.trainer as trainer
+import safetensors.torch as io_mod
+import hgad_edge.train.loop as trainer
 
 where, stall_epoch, flag = os.environ["STALL_AT"], int(os.environ["STALL_EPOCH"]), os.environ["STALL_FLAG"]
 state = {"epoch": -1, "losses": 0}
@@ -111,9 +112,9 @@ def _kill_during(where: str, data_root: str, out: str, tmp_path, stall_epoch: in
 
 
 def _assert_same_model(resumed: str, reference: str, data_root: str) -> None:
-    meta = artifact.read_metadata(resumed)  # complete, every checksum right
+    meta = artifact.Artifact.read(resumed).to_dict()  # complete, every checksum right
     assert [h["epoch"] for h in meta["history"]] == list(range(1, EPOCHS + 1))
-    ref_meta = artifact.read_metadata(reference)
+    ref_meta = artifact.Artifact.read(reference).to_dict()
     assert meta["history"][-1]["loss"] == pytest.approx(ref_meta["history"][-1]["loss"], rel=1e-4, abs=1e-4)
     a, b = load_file(os.path.join(reference, artifact.WEIGHTS)), load_file(os.path.join(resumed, artifact.WEIGHTS))
     assert a.keys() == b.keys()
@@ -156,7 +157,7 @@ def test_kill_9_mid_checkpoint_write_keeps_the_previous_checkpoint(tiny_root, ti
 
 def test_write_that_fails_part_way_keeps_the_previous_checkpoint(tiny_root, tiny_run, tmp_path, monkeypatch):
     """In-process: the safetensors writer leaves half a file and raises (disk full)."""
-    real = _io.save_file
+    real = safetensors.torch.save_file
 
     def half_then_fail(tensors, filename, metadata=None):
         real(tensors, filename, metadata=metadata)
@@ -165,7 +166,7 @@ def test_write_that_fails_part_way_keeps_the_previous_checkpoint(tiny_root, tiny
                 f.truncate(os.path.getsize(filename) // 2)
             raise OSError(28, "No space left on device (simulated)")
 
-    monkeypatch.setattr(_io, "save_file", half_then_fail)
+    monkeypatch.setattr(safetensors.torch, "save_file", half_then_fail)
     out = str(tmp_path / "run")
     mcfg, tcfg = tiny_configs(tiny_root, epochs=EPOCHS)
     with pytest.raises(OSError, match="simulated"):

@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from hgad_edge._alarm import AlarmDebouncer, alarm_frames, parse_alarm
+from hgad_edge.stream.alarm import AlarmDebouncer, alarm_frames, parse_alarm
 
 T, F = True, False
 

@@ -4,7 +4,7 @@ import pytest
 import skimage.data
 import torch
 
-from hgad_edge.backbone import FeatureExtractor, build_classifier, load_state_dict_file, pypi_weights
+from hgad_edge.model.backbone import FeatureExtractor, build_classifier, load_state_dict_file, pypi_weights
 from hgad_edge.preprocess import preprocess
 
 
@@ -100,7 +100,11 @@ def test_pool_config_default_rule_and_older_artifacts():
     assert ModelConfig(class_names=("a",), pool=(5,)).pool == (5, 5, 5)  # one value for every level
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg
     old = {k: v for k, v in cfg.to_dict().items() if k != "pool"}  # written before pooling existed
-    assert ModelConfig.from_dict(old).pool == (1, 1, 1)
+    from hgad_edge.artifact import migrate
+
+    v1 = {"format": "hgad_edge", "format_version": 1, "model_config": old, "feature_shapes": [], "calibration": {},
+          "files": {}}
+    assert ModelConfig.from_dict(migrate(v1)["model_config"]).pool == (1, 1, 1)  # migrated: unpooled
     for bad in ((3, 1), (2,), (0,)):
         with pytest.raises(ValueError, match="one odd window"):
             ModelConfig(class_names=("a",), pool=bad)

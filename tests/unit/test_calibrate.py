@@ -7,7 +7,7 @@ import pytest
 
 from hgad_edge.calibrate import calibrate_class, fit_normalizer, image_scores
 from hgad_edge.postprocess import Normalizer, anomaly_map
-from hgad_edge.scorer import FrameRaw
+from hgad_edge.postprocess import FrameRaw
 
 SHAPES = [(8, 8), (4, 4)]
 SIZE = 32

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from hgad_edge import data
-from hgad_edge.demo_data import DEFECT_TYPES
+from hgad_edge.data.demo import DEFECT_TYPES
 
 CLASSES = ["brick", "coffee", "tissue"]
 

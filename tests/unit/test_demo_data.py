@@ -8,8 +8,9 @@ import cv2
 import numpy as np
 import pytest
 
-from hgad_edge import data, demo_data
-from hgad_edge.demo_data import (DEFECT_TYPES, MASK_THRESHOLD, MAX_DEFECT_AREA, MIN_CONTRAST, MIN_DEFECT_AREA,
+from hgad_edge import data
+from hgad_edge.data import demo
+from hgad_edge.data.demo import (DEFECT_TYPES, MASK_THRESHOLD, MAX_DEFECT_AREA, MIN_CONTRAST, MIN_DEFECT_AREA,
                                  make_demo_data, normal_image, synthesize_defect)
 
 
@@ -33,7 +34,7 @@ def test_same_seed_byte_identical_other_seed_differs(tmp_path):
     _small(tmp_path / "b", seed=3)
     _small(tmp_path / "c", seed=4)
     a, b, c = _files(str(tmp_path / "a")), _files(str(tmp_path / "b")), _files(str(tmp_path / "c"))
-    assert len(a) == 2 * (2 + 1 + 5 + 5) + 1  # images + masks + demo_data.json
+    assert len(a) == 2 * (2 + 1 + 5 + 5) + 1  # images + masks + demo.json
     assert a == b
     assert a.keys() == c.keys()
     assert sum(a[k] != c[k] for k in a if k.endswith(".png")) >= len(a) - 5
@@ -49,7 +50,7 @@ def test_class_streams_are_independent(tmp_path):
 
 def test_layout_counts_and_channels(demo_root):
     assert data.list_classes(demo_root) == ["brick", "coffee", "tissue"]
-    with open(os.path.join(demo_root, demo_data.INFO_FILE)) as f:
+    with open(os.path.join(demo_root, demo.INFO_FILE)) as f:
         info = json.load(f)
     assert info["seed"] == 0 and info["image_size"] == 128
     for name in ("brick", "coffee", "tissue"):
@@ -85,7 +86,7 @@ def test_masks_are_exactly_the_changed_pixels_on_disk(demo_root):
         if not s.is_anomaly:
             continue
         i = DEFECT_TYPES.index(s.defect)  # 5 defective images per class: index i has type i
-        base = normal_image(s.class_name, 128, demo_data._rng(0, s.class_name, "test_defect", i))
+        base = normal_image(s.class_name, 128, demo._rng(0, s.class_name, "test_defect", i))
         img = data.read_image(s.path)
         diff = np.abs(img.astype(int) - base).max(axis=2)
         mask = data.read_mask(s.mask_path, img.shape[:2])
@@ -135,7 +136,7 @@ def test_failure_leaves_nothing(tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(demo_data, "_write_class", boom)
+    monkeypatch.setattr(demo, "_write_class", boom)
     with pytest.raises(RuntimeError, match="disk full"):
         _small(tmp_path / "d")
     assert os.listdir(tmp_path) == []
@@ -152,11 +153,11 @@ def test_bad_arguments():
 
 
 def test_summary(demo_root):
-    summary = demo_data.summarize(demo_root)
+    summary = demo.summarize(demo_root)
     assert summary["n_images"] == 3 * 21
     row = summary["classes"]["tissue"]
     assert row["train"] == 12 and row["test"]["good"] == 4 and row["test"]["hole"] == 1
     a = summary["defect_area_pct"]
     assert 100 * MIN_DEFECT_AREA <= a["min"] <= a["median"] <= a["max"] <= 100 * MAX_DEFECT_AREA
-    text = demo_data.format_summary(summary)
+    text = demo.format_summary(summary)
     assert "tissue" in text and "3 classes" in text

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from hgad_edge.config import ModelConfig
-from hgad_edge.export import trt_compat
+from hgad_edge.runtime import trt_compat
 from hgad_edge.export.fold import FoldedFlow, FoldedFlows
-from hgad_edge.export.runtime import select_providers
+from hgad_edge.runtime.ort import select_providers
 from hgad_edge.gmm import GaussianMixture, reference_inter, reference_intra
-from hgad_edge.model import HGAD
+from hgad_edge.model.hgad import HGAD
 
 
 def _perturb(model: HGAD, seed: int = 0) -> HGAD:
@@ -115,7 +115,7 @@ def test_onnx_graphs_are_checker_clean_with_dynamic_batch(onnx_dir):
 
 @pytest.mark.parametrize("batch", [1, 3])
 def test_onnxruntime_matches_unfolded_torch(model, images, onnx_dir, batch):
-    from hgad_edge.export.runtime import make_session
+    from hgad_edge.runtime.ort import make_session
 
     x = images[:batch]
     sess = make_session(f"{onnx_dir}/model.onnx", threads=1)
@@ -129,7 +129,7 @@ def test_onnxruntime_matches_unfolded_torch(model, images, onnx_dir, batch):
 
 
 def test_split_graphs_equal_merged(onnx_dir, images):
-    from hgad_edge.export.runtime import make_session
+    from hgad_edge.runtime.ort import make_session
 
     x = images.numpy()
     merged = make_session(f"{onnx_dir}/model.onnx", threads=1).run(None, {"image": x})
@@ -143,7 +143,7 @@ def test_split_graphs_equal_merged(onnx_dir, images):
 
 def test_full_graph_matches_python_gmm(model, images, onnx_dir):
     """full_graph.onnx (routing on, and a given class) == flows → hgad_edge.gmm float64 reference."""
-    from hgad_edge.export.runtime import make_session
+    from hgad_edge.runtime.ort import make_session
 
     sess = make_session(f"{onnx_dir}/full_graph.onnx", threads=1)
     x = images.numpy()
@@ -193,21 +193,35 @@ def test_provider_order():
         select_providers("tpu", every)
 
 
+def _artifact(run_dir, **fields):
+    """An in-memory Artifact of one class with only the fields a test needs."""
+    from hgad_edge.artifact import Artifact
+    from hgad_edge.config import ModelConfig
+
+    base = dict(model_config=ModelConfig(class_names=("a",)), feature_shapes=[(2, 2)], dims=[8], calibration={})
+    return Artifact(run_dir=str(run_dir), **{**base, **fields})
+
+
 def test_make_backend_errors(tmp_path):
-    from hgad_edge.export.runtime import make_backend
+    from hgad_edge.runtime import make_backend
 
     with pytest.raises(RuntimeError, match="hgad-edge export"):
-        make_backend("onnxruntime", str(tmp_path), {"exports": {}, "feature_shapes": []})
+        make_backend("onnxruntime", _artifact(tmp_path))
     with pytest.raises(ValueError, match="unknown backend"):
-        make_backend("openvino", str(tmp_path), {})
+        make_backend("openvino", _artifact(tmp_path))
+    failed = {"onnxruntime": {"status": "failed", "files": {}, "validation": {"max_rel_err": {"z": 0.5},
+                                                                          "tolerance": 1e-3}}}
+    with pytest.raises(RuntimeError, match="failed validation"):
+        make_backend("onnxruntime", _artifact(tmp_path, exports=failed))
 
 
 def test_package_import_does_not_import_tensorrt():
     import subprocess
     import sys
 
-    code = ("import sys, hgad_edge.export, hgad_edge.export.runtime, hgad_edge.export.tensorrt_backend, "
-            "hgad_edge.export.cli; bad = [m for m in ('tensorrt', 'pycuda', 'onnxruntime') if m in sys.modules]; "
+    code = ("import sys, hgad_edge.export, hgad_edge.runtime, hgad_edge.runtime.tensorrt, hgad_edge.runtime.registry, "
+            "hgad_edge.export.tensorrt_build, hgad_edge.cli.export; "
+            "bad = [m for m in ('tensorrt', 'pycuda', 'onnxruntime') if m in sys.modules]; "
             "print(bad); sys.exit(1 if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -241,11 +255,11 @@ def test_engine_mismatch_is_refused_clearly(here, what):
 
 def test_tensorrt_backend_checks_header_before_tensorrt(tmp_path, monkeypatch):
     """Loading an engine built elsewhere fails with the mismatch message (TensorRT itself faked)."""
-    from hgad_edge.export import tensorrt_backend
+    from hgad_edge.runtime import tensorrt
 
     trt_compat.write_engine(str(tmp_path / "model_fp16.engine"), b"plan", dict(BUILT, precision="fp16"))
-    meta = {"feature_shapes": [[2, 2]],
-            "exports": {"tensorrt": {"default": "fp16", "engines": {"fp16": {"file": "model_fp16.engine"}}}}}
+    meta = _artifact(tmp_path, exports={"tensorrt": {"default": "fp16",
+                                                      "engines": {"fp16": {"file": "model_fp16.engine"}}}})
 
     class FakeCtx:
         def __init__(self, index):
@@ -256,11 +270,11 @@ def test_tensorrt_backend_checks_header_before_tensorrt(tmp_path, monkeypatch):
 
     monkeypatch.setattr(trt_compat, "import_tensorrt", lambda: object())
     monkeypatch.setattr(trt_compat, "device_info", lambda index=0: dict(BUILT, compute_capability="9.0", gpu="H100"))
-    monkeypatch.setattr(tensorrt_backend, "_CudaContext", FakeCtx)
+    monkeypatch.setattr(tensorrt, "CudaContext", FakeCtx)
     with pytest.raises(trt_compat.EngineMismatchError, match="compute capability 8.7 vs 9.0"):
-        tensorrt_backend.TensorRTBackend(str(tmp_path), meta, device="cuda")
+        tensorrt.TensorRTBackend(meta, device="cuda")
     with pytest.raises(ValueError, match="device='cuda'"):
-        tensorrt_backend.TensorRTBackend(str(tmp_path), meta, device="cpu")
+        tensorrt.TensorRTBackend(meta, device="cpu")
 
 
 def test_tensorrt_import_error_says_what_to_install(monkeypatch):
@@ -306,7 +320,8 @@ def test_calibration_images_from_artifact_or_folder(tmp_path):
     (tmp_path / "a" / "good").mkdir(parents=True)
     for i in range(3):
         cv2.imwrite(str(tmp_path / "a" / "good" / f"{i}.png"), np.zeros((4, 4, 3), np.uint8))
-    meta = {"data": {"root": str(tmp_path), "calibration_files": ["a/good/0.png", "a/good/1.png", "gone.png"]}}
+    meta = _artifact(tmp_path, data={"root": str(tmp_path), "calibration_files": ["a/good/0.png", "a/good/1.png",
+                                                                                  "gone.png"]})
     assert [p.rsplit("/", 1)[-1] for p in calibration_images(meta)] == ["0.png", "1.png"]  # missing ones dropped
     assert len(calibration_images(meta, override=str(tmp_path), limit=2)) == 2
     with pytest.raises(FileNotFoundError):
@@ -320,7 +335,7 @@ def test_calibration_images_from_artifact_or_folder(tmp_path):
 def test_export_with_padding_and_pooling(tmp_path, pad, pool):
     """The backbone's optional reflect padding, feature crop and neighbourhood pooling go into the graph."""
     from hgad_edge.export.onnx_export import export_onnx
-    from hgad_edge.export.runtime import make_session
+    from hgad_edge.runtime.ort import make_session
 
     np.random.seed(1)
     cfg = ModelConfig(class_names=("a", "b"), image_size=64, coupling_blocks=2, n_intra=3, pos_dim=32,

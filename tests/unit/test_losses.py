@@ -1,13 +1,13 @@
-"""Each HGAD loss term against a direct float64 implementation of its DESIGN.md formula."""
+"""Each HGAD loss term against a direct float64 implementation of its docs/design.md formula."""
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from hgad_edge.loss import hgad_losses, total_loss
-from hgad_edge.model import MixturePrior
-from hgad_edge.trainer import make_optimizer, make_scheduler
+from hgad_edge.train.loss import hgad_losses, total_loss
+from hgad_edge.model.hgad import MixturePrior
+from hgad_edge.train.loop import make_optimizer, make_scheduler
 
 
 def _logsumexp(a, axis):
@@ -69,7 +69,7 @@ def test_intra_centers_detach_main_center_for_offsets():
 
 
 def test_total_loss_two_stages():
-    from hgad_edge.loss import Losses
+    from hgad_edge.train.loss import Losses
 
     t = Losses(*[torch.tensor(v) for v in (1.0, 0.5, 0.25, 2.0, 3.0)])
     assert float(total_loss(t, False, 1.0, 100.0)) == pytest.approx(1.0 - 50.0 + 0.25)
@@ -78,7 +78,7 @@ def test_total_loss_two_stages():
 
 def test_centers_keep_their_learning_rate_multiple_through_the_schedule():
     from hgad_edge.config import ModelConfig, TrainConfig
-    from hgad_edge.model import HGAD
+    from hgad_edge.model.hgad import HGAD
 
     model = HGAD(ModelConfig(class_names=("a", "b"), image_size=64, coupling_blocks=1), backbone_weights="none")
     cfg = TrainConfig(epochs=4, lr=1e-3, center_lr_mult=3.0, warmup_epochs=1)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from hgad_edge.metrics import aupro, auroc
+from hgad_edge.evaluation.metrics import aupro, auroc
 
 
 def test_auroc_perfect_and_nan():

@@ -9,16 +9,15 @@ from __future__ import annotations
 import logging
 from typing import Callable, Dict, List, Optional, Sequence
 
-import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import data
-from .calibrate import fit_normalizer
-from .detector import Detector
-from .metrics import auroc, aupro
-from .postprocess import COMBINE_MODES, Normalizer, anomaly_map
-from .scorer import FrameRaw
+from hgad_edge import data
+from hgad_edge.calibrate import fit_normalizer
+from hgad_edge.detector import Detector
+from hgad_edge.evaluation.metrics import auroc, aupro
+from hgad_edge.postprocess import COMBINE_MODES, Normalizer, score_map
+from hgad_edge.postprocess import FrameRaw
 
 log = logging.getLogger(__name__)
 METRICS = ("image_auroc", "pixel_auroc", "aupro")
@@ -29,10 +28,8 @@ def class_metrics(raws: Sequence[FrameRaw], masks: Sequence[np.ndarray], labels:
     """Image AUROC (map maximum), pixel AUROC and AUPRO of frames scored with ``norm_of(class)``."""
     maps, scores = [], []
     for raw, mask in zip(raws, masks):
-        amap = anomaly_map(raw.logp, raw.entropy, norm_of(raw.class_index), size, combine)
-        scores.append(float(amap.max()))
-        if amap.shape != mask.shape:
-            amap = cv2.resize(amap, (mask.shape[1], mask.shape[0]), interpolation=cv2.INTER_LINEAR)
+        amap, score = score_map(raw, norm_of(raw.class_index), size, combine, mask.shape)
+        scores.append(score)
         maps.append(amap)
     return {"image_auroc": auroc(labels, np.array(scores)),
             "pixel_auroc": auroc(np.stack(masks), np.stack(maps)),
@@ -46,13 +43,24 @@ def _mean(rows: List[Dict[str, float]], key: str) -> float:
 
 def evaluate(model_dir: str, data_root: str, classes: Optional[Sequence[str]] = None, backend: str = "torch",
              batch_size: int = 8, full: bool = False, progress: bool = True,
-             detector: Optional[Detector] = None) -> Dict[str, object]:
+             detector: Optional[Detector] = None, device: str = "auto",
+             precision: Optional[str] = None) -> Dict[str, object]:
     """Score every test image of ``classes`` (default: all the model knows) and compute metrics.
+
+    ``detector``: score with this one (left open); else one is made from ``backend``/``device``/
+    ``precision`` and closed at the end.
 
     Returns a JSON-friendly dict: ``{"classes": {name: {mode: {metric: value}, "routing_accuracy"}},
     "mean": {...}, "backend": ...}``.
     """
-    det = detector or Detector(model_dir, backend=backend)
+    if detector is not None:
+        return _evaluate(detector, data_root, classes, batch_size, full, progress)
+    with Detector(model_dir, backend=backend, device=device, precision=precision) as det:
+        return _evaluate(det, data_root, classes, batch_size, full, progress)
+
+
+def _evaluate(det: Detector, data_root: str, classes: Optional[Sequence[str]], batch_size: int, full: bool,
+              progress: bool) -> Dict[str, object]:
     names = list(classes) if classes else det.class_names
     for n in names:
         det.class_index(n)  # clear error for a class the model does not know
@@ -94,8 +102,8 @@ def evaluate(model_dir: str, data_root: str, classes: Optional[Sequence[str]] = 
     modes = [m for m in results[names[0]] if isinstance(results[names[0]][m], dict)]
     mean = {m: {k: _mean([results[n][m] for n in names], k) for k in METRICS} for m in modes}
     mean["routing_accuracy"] = float(np.mean([results[n]["routing_accuracy"] for n in names]))
-    return {"classes": results, "mean": mean, "backend": det.backend, "combine": combine,
-            "target_fpr": det.target_fpr}
+    return {"classes": results, "mean": mean, "backend": det.backend, "device": det.device,
+            "precision": det.precision, "combine": combine, "target_fpr": det.target_fpr}
 
 
 def format_table(report: Dict[str, object]) -> str:

@@ -1,0 +1,60 @@
+"""The backend protocol: what every runtime (eager torch, ONNX Runtime, TensorRT) provides.
+
+A backend turns a preprocessed batch (B, 3, S, S) float32 into, per feature level, the flow's
+z (B, N, D) and log|det J| (B, N) as numpy arrays, with per-stage timings in milliseconds.
+A backend that can also score on its device (TensorRT with the CUDA GMM kernel) has
+``score_on_device``; the scorer then uses it instead of the host GMM.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Protocol, Tuple, runtime_checkable
+
+import numpy as np
+
+LevelArrays = List[Tuple[np.ndarray, np.ndarray]]  # per level: z (B, N, D), logdet (B, N)
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@runtime_checkable
+class Backend(Protocol):
+    name: str
+    device: str
+
+    def run(self, batch: np.ndarray) -> Tuple[LevelArrays, Dict[str, float]]:
+        """(B, 3, S, S) float32 → per level (z, logdet), timings {"backbone", "flow"} in ms."""
+
+    def close(self) -> None:
+        """Release what the backend holds (sessions, engines, device memory). Idempotent."""
+
+
+def check_device(device: str) -> str:
+    """'auto', 'cpu', 'cuda' or 'cuda:N' (ValueError naming the valid ones otherwise)."""
+    if device in DEVICES or (device.startswith("cuda:") and device[5:].isdigit()):
+        return device
+    raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+
+
+def cuda_available() -> bool:
+    """A CUDA GPU is visible to torch, or (without torch's CUDA build) to pycuda."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return True
+    except ImportError:  # pragma: no cover - torch is a dependency
+        pass
+    try:
+        import pycuda.driver as cuda
+
+        cuda.init()
+        return cuda.Device.count() > 0
+    except Exception:  # noqa: BLE001 - no pycuda, no driver, no device: all mean "no GPU"
+        return False
+
+
+def resolve_device(device: str) -> str:
+    """``device='auto'`` → 'cuda' when a CUDA GPU is visible, else 'cpu'; others unchanged."""
+    device = check_device(device)
+    if device == "auto":
+        return "cuda" if cuda_available() else "cpu"
+    return device
