@@ -312,7 +312,6 @@ def export_network(model, out_dir: str) -> None:
     """
     import torch
 
-    from hgad_edge import artifact
     from hgad_edge.export.fold import FoldedFlows
     from hgad_edge.export.onnx_export import DEFAULT_OPSET, FILES, BackboneGraph, _export, io_names
 
@@ -327,14 +326,14 @@ def export_network(model, out_dir: str) -> None:
 
 
 def register_onnx(out_dir: str) -> None:
-    from hgad_edge import artifact
+    from hgad_edge.artifact import Artifact
     from hgad_edge.export.onnx_export import DEFAULT_OPSET, FILES
 
     info = {"files": {"backbone": FILES["backbone"], "flows": FILES["flows"]}, "opset": DEFAULT_OPSET,
             "precision": "fp32", "folded": True, "full_graph": False, "dynamic_batch": True,
-            "validation": {"status": "not validated (synthetic latency-benchmark model)"}}
-    artifact.add_files(out_dir, [FILES["backbone"], FILES["flows"]],
-                       update=lambda m: m.setdefault("exports", {}).__setitem__("onnxruntime", info))
+            "status": "unvalidated", "validation": {"status": "not validated (synthetic latency-benchmark model)"}}
+    Artifact.read(out_dir, verify=False).add_files([FILES["backbone"], FILES["flows"]],
+                                                   update=lambda a: a.exports.__setitem__("onnxruntime", info))
 
 
 def write_model(out_dir: str, image_size: int = 256, n_classes: int = 15, n_intra: int = 10,
@@ -356,8 +355,7 @@ def write_model(out_dir: str, image_size: int = 256, n_classes: int = 15, n_intr
     from hgad_edge.train.loop import write_artifact
 
     try:
-        meta = artifact.read_metadata(out_dir, verify=False)
-        if not onnx or "onnxruntime" in meta.get("exports", {}):
+        if not onnx or "onnxruntime" in artifact.Artifact.read(out_dir, verify=False).exports:
             return out_dir
     except artifact.ArtifactError:
         pass

@@ -31,8 +31,7 @@ class OfficialStylePipeline:
         import torchvision.transforms as T
 
         from hgad_edge import artifact
-        from hgad_edge.detector import load_model
-        from hgad_edge.postprocess import Normalizer
+        from hgad_edge.runtime.eager import load_model
 
         try:
             from gmm_kernel import official_torch  # benchmarks/ is on sys.path when run as a script
@@ -40,15 +39,14 @@ class OfficialStylePipeline:
             from benchmarks.gmm_kernel import official_torch
         self._official_gmm = official_torch
         torch.set_num_threads(threads)
-        meta = artifact.read_metadata(model_dir)
-        self.model = load_model(model_dir, meta)
-        self.size = int(meta["model_config"]["image_size"])
-        self.pos_dim = int(meta["model_config"]["pos_dim"])
+        art = artifact.Artifact.read(model_dir)
+        self.model = load_model(art)
+        self.size = art.image_size
+        self.pos_dim = int(art.model_config.pos_dim)
         w = artifact.load_tensors(model_dir, artifact.WEIGHTS)
         self.params = [{k: w[f"gmm.{l}.{k}"].numpy() for k in ("mu", "log_pi_inter", "mu_intra", "log_pi_intra")}
                        for l in range(self.model.n_levels)]
-        names = meta["model_config"]["class_names"]
-        self.norms = [Normalizer.from_dict(meta["calibration"][c]["normalizer"]) for c in names]
+        self.norms = [art.normalizer(c) for c in art.class_names]
         self.tf = T.Compose([T.Resize((self.size, self.size)), T.ToTensor(),
                              T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
 

@@ -28,7 +28,7 @@ import torch  # noqa: E402
 from hgad_edge import data  # noqa: E402
 from hgad_edge.train import loop  # noqa: E402
 from hgad_edge.calibrate import fit_normalizer  # noqa: E402
-from hgad_edge.cli.main import _parse_levels, _parse_pool  # noqa: E402
+from hgad_edge.cli.commands import _parse_levels, _parse_pool  # noqa: E402
 from hgad_edge.config import ModelConfig, TrainConfig  # noqa: E402
 from hgad_edge.evaluation.evaluator import class_metrics  # noqa: E402
 from hgad_edge.gmm import GaussianMixture  # noqa: E402

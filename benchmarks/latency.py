@@ -127,12 +127,12 @@ def ort_profile(model_dir: str, threads: int, runs: int = PROFILE_RUNS) -> dict:
     import onnx
     import onnxruntime as ort
 
-    from hgad_edge import artifact
+    from hgad_edge.artifact import Artifact
     from hgad_edge.preprocess import preprocess
 
-    meta = artifact.read_metadata(model_dir)
-    files = meta["exports"]["onnxruntime"]["files"]
-    size = int(meta["model_config"]["image_size"])
+    art = Artifact.read(model_dir)
+    files = art.exports["onnxruntime"]["files"]
+    size = art.image_size
     batch = preprocess(C.test_frames(1), size)
     by_type: dict = {}
     workdir = tempfile.mkdtemp(prefix="ort_profile_")
@@ -200,12 +200,12 @@ def ort_thread_sweep(model_dir: str, runs: int = 30) -> dict:
     EXTENDED graph optimizations (the settings tried while chasing the SGEMM target)."""
     import onnxruntime as ort
 
-    from hgad_edge import artifact
+    from hgad_edge.artifact import Artifact
     from hgad_edge.preprocess import preprocess
 
-    meta = artifact.read_metadata(model_dir)
-    files = meta["exports"]["onnxruntime"]["files"]
-    batch = preprocess(C.test_frames(1), int(meta["model_config"]["image_size"]))
+    art = Artifact.read(model_dir)
+    files = art.exports["onnxruntime"]["files"]
+    batch = preprocess(C.test_frames(1), art.image_size)
     out = {}
     levels = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
               "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED}
@@ -375,21 +375,21 @@ def run(model: str, threads: int, frames: int, warmup: int, batches, backends, p
     """The whole latency benchmark; returns the JSON-able result (``report`` formats it)."""
     import torch
 
-    from hgad_edge import artifact
+    from hgad_edge.artifact import Artifact
 
     torch.set_num_threads(threads)
     if model is None:
         model = C.model_dir(cache, **C.DEFAULTS)
-    meta = artifact.read_metadata(model)
-    mc = meta["model_config"]
+    art = Artifact.read(model)
+    mc = art.model_config.to_dict()
     res = {"machine": C.machine(threads), "model_dir": model, "frames": frames, "warmup": warmup,
            "batches": list(batches),
            "model": f"{mc['image_size']}², {len(mc['class_names'])} classes, K = {mc['n_intra']}, "
                     f"{mc['coupling_blocks']} coupling blocks, {mc['backbone']}, {threads} threads"}
     res["sgemm"] = C.sgemm_peak(threads)
-    from hgad_edge.detector import load_model
+    from hgad_edge.runtime.eager import load_model
 
-    net = load_model(model, meta)
+    net = load_model(art)
     res["flops"] = C.count_flops(net, int(mc["image_size"]))
     res["flow_shapes"] = [[h * w, d // 2] for (h, w), d in zip(net.feature_shapes, net.dims)]  # rows, inner dim
     res["conv_split"] = conv_flops(net, int(mc["image_size"]))
@@ -400,7 +400,7 @@ def run(model: str, threads: int, frames: int, warmup: int, batches, backends, p
             res["tensorrt"] = C.tensorrt_status()
             if res["tensorrt"]:
                 continue
-        if name == "onnxruntime" and "onnxruntime" not in meta.get("exports", {}):
+        if name == "onnxruntime" and "onnxruntime" not in art.usable_exports():
             rows.append({"backend": name, "status": "not available here",
                          "reason": f"no ONNX export: hgad-edge export {model} --format onnx"})
             continue
@@ -416,7 +416,7 @@ def run(model: str, threads: int, frames: int, warmup: int, batches, backends, p
     if again["peak"] > res["sgemm"]["peak"]:
         res["sgemm"] = again
     res["roofline"] = roofline(rows, res["flops"], res["sgemm"])
-    if profile and "onnxruntime" in meta.get("exports", {}):
+    if profile and "onnxruntime" in art.usable_exports():
         print("  ONNX Runtime profile …", file=sys.stderr, flush=True)
         res["profile"] = ort_profile(model, threads)
         res["sweep"] = ort_thread_sweep(model)

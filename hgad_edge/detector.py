@@ -14,7 +14,7 @@ from hgad_edge.gmm import GaussianMixture
 from hgad_edge.postprocess import COMBINE_MODES, FrameRaw, finalize
 from hgad_edge.preprocess import to_bgr
 from hgad_edge.result import Result
-from hgad_edge.runtime import BACKENDS, Scorer, auto_backend, make_backend, resolve_device
+from hgad_edge.runtime import BACKENDS, Scorer, auto_backend, make_backend, check_device
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +53,9 @@ class Detector:
         self.channel_order = channel_order
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+        check_device(device)
         if precision is not None and backend not in ("tensorrt", "auto") and precision != "fp32":
             raise ValueError(f"backend {backend!r} runs fp32 only; precision={precision!r} needs backend='tensorrt'")
-        self.device = resolve_device(device)
         self.model_dir = model_dir
         self.artifact = art = Artifact.read(model_dir)
         self.class_names: List[str] = art.class_names
@@ -77,8 +77,9 @@ class Detector:
                 raise artifact.ArtifactError(f"{model_dir}: {artifact.WEIGHTS} lacks {lacking}")
             arr = {k.split(".")[-1]: weights[k].numpy() for k in keys}
             gmms.append(GaussianMixture(**arr, backend=gmm_backend))
-        self._backend = (auto_backend(art, self.device, threads, weights, precision) if backend == "auto"
-                         else make_backend(backend, art, self.device, threads, weights, precision))
+        self._backend = (auto_backend(art, device, threads, weights, precision) if backend == "auto"
+                         else make_backend(backend, art, device, threads, weights, precision))
+        self.device: str = self._backend.device  # where it runs ('auto' resolved)
         self.scorer = Scorer(self._backend, gmms, art.feature_shapes, self.image_size)
         self.set_target_fpr(target_fpr if target_fpr is not None else art.target_fpr)
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from hgad_edge.demo_data import make_demo_data
+from hgad_edge.data.demo import make_demo_data
 
 DEMO_CLASSES = ("brick", "tissue", "coffee")
 TINY_CLASSES = ("grass", "retina")

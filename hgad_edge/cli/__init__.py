@@ -1,4 +1,4 @@
 """The ``hgad-edge`` command line: thin verbs over the library (every heavy import happens inside a verb)."""
-from hgad_edge.cli.main import build_parser, main
+from hgad_edge.cli.commands import build_parser, main
 
 __all__ = ["build_parser", "main"]

@@ -7,7 +7,7 @@ A backend that can also score on its device (TensorRT with the CUDA GMM kernel) 
 """
 from __future__ import annotations
 
-from typing import Dict, List, Protocol, Tuple, runtime_checkable
+from typing import Dict, List, Optional, Protocol, Tuple, runtime_checkable
 
 import numpy as np
 
@@ -52,9 +52,22 @@ def cuda_available() -> bool:
         return False
 
 
-def resolve_device(device: str) -> str:
-    """``device='auto'`` → 'cuda' when a CUDA GPU is visible, else 'cpu'; others unchanged."""
+def _ort_has_gpu() -> bool:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return False
+    return any(p in ort.get_available_providers() for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider"))
+
+
+def resolve_device(device: str, backend: Optional[str] = None) -> str:
+    """``device='auto'`` → 'cuda' when a CUDA GPU is visible (and, for ``backend='onnxruntime'``,
+    this ONNX Runtime build has a GPU provider), else 'cpu'; other devices are returned unchanged."""
     device = check_device(device)
-    if device == "auto":
-        return "cuda" if cuda_available() else "cpu"
-    return device
+    if device != "auto":
+        return device
+    if not cuda_available():
+        return "cpu"
+    if backend == "onnxruntime" and not _ort_has_gpu():
+        return "cpu"
+    return "cuda"

@@ -6,6 +6,7 @@ import logging
 from typing import List, Optional, Tuple
 
 from hgad_edge.artifact import Artifact, ArtifactError
+from hgad_edge.runtime.base import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -16,31 +17,34 @@ AUTO_ORDER = ("tensorrt", "onnxruntime", "torch")
 
 def make_backend(name: str, art: Artifact, device: str = "cpu", threads: Optional[int] = None,
                  weights: Optional[dict] = None, precision: Optional[str] = None):
-    """The backend ``name`` for ``art`` on ``device`` ('cpu', 'cuda', 'cuda:N'; not 'auto').
+    """The backend ``name`` for ``art`` on ``device`` ('auto', 'cpu', 'cuda', 'cuda:N'; 'auto' is
+    resolved for this backend: ``resolve_device``).
 
     Raises ``RuntimeError`` when the artifact lacks the export (or its validation failed),
     ``ImportError`` when the runtime is not installed (the message says what to install).
     """
+    if name not in BACKENDS or name == "auto":
+        raise ValueError(f"unknown backend {name!r}; choose one of {BACKENDS[1:]}")
+    device = resolve_device(device, name)
     if name == "torch":
         from hgad_edge.runtime.eager import TorchBackend, load_model
 
         return TorchBackend(load_model(art, weights), device=device, threads=threads)
-    if name in ("onnxruntime", "tensorrt"):
-        skipped = art.skipped_exports()
-        if name in skipped:
-            raise RuntimeError(f"{art.run_dir}: the {name} backend is not usable: {skipped[name]}")
-        if name == "onnxruntime":
-            from hgad_edge.runtime.ort import OnnxRuntimeBackend
+    skipped = art.skipped_exports()
+    if name in skipped:
+        raise RuntimeError(f"{art.run_dir}: the {name} backend is not usable: {skipped[name]}")
+    if name == "onnxruntime":
+        from hgad_edge.runtime.ort import OnnxRuntimeBackend
 
-            return OnnxRuntimeBackend(art, device=device, threads=threads)
-        from hgad_edge.runtime.tensorrt import TensorRTBackend
+        return OnnxRuntimeBackend(art, device=device, threads=threads)
+    from hgad_edge.runtime.tensorrt import TensorRTBackend
 
-        return TensorRTBackend(art, device=device, precision=precision)
-    raise ValueError(f"unknown backend {name!r}; choose one of {BACKENDS}")
+    return TensorRTBackend(art, device=device, precision=precision)
 
 
 def auto_order(art: Artifact, device: str) -> Tuple[List[str], List[str]]:
     """(backends to try in order, why each other one is skipped) for ``backend='auto'``."""
+    device = resolve_device(device)
     usable = art.usable_exports()
     order, why = [], []
     for name in AUTO_ORDER:

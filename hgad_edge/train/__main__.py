@@ -37,7 +37,7 @@ def _split_backend(argv: Sequence[str]) -> Tuple[Optional[str], List[str]]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Join the process group (if any), run ``hgad-edge train`` with ``argv``, leave the group."""
-    from hgad_edge.cli.main import main as cli_main
+    from hgad_edge.cli.commands import main as cli_main
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in ("-h", "--help"):

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from hgad_edge import gmm as G
+from tests.unit.test_gmm import make_level, relerr
 
 try:
     import torch
@@ -40,30 +41,6 @@ def gpu(f):
 
 
 # ----------------------------------------------------------------------------- helpers
-def make_level(rng, n, c, k, d, spread=3.0, noise=1.0, z_class=None):
-    """One random level (the layout of tests/unit/test_gmm.py): separated centers, intra centers
-    around them (``mu_intra[:, 0] == mu``), z near random classes (or all near ``z_class``)."""
-    mu = (rng.standard_normal((c, d)) * spread).astype(np.float32)  # (C, D)
-    mu_intra = (mu[:, None, :] + rng.standard_normal((c, k, d))).astype(np.float32)  # (C, K, D)
-    mu_intra[:, 0] = mu
-    a = rng.standard_normal(c) * 0.5
-    log_pi_inter = (a - np.log(np.exp(a).sum())).astype(np.float32)  # (C,)
-    b = rng.standard_normal((c, k)) * 0.5
-    log_pi_intra = (b - np.log(np.exp(b).sum(1, keepdims=True))).astype(np.float32)  # (C, K)
-    cls = rng.integers(0, c, size=n) if z_class is None else np.full(n, z_class)
-    z = (mu[cls] + rng.standard_normal((n, d)) * noise).astype(np.float32)  # (N, D)
-    logdet = (rng.standard_normal(n) * 10).astype(np.float32)  # (N,)
-    return dict(mu=mu, log_pi_inter=log_pi_inter, mu_intra=mu_intra, log_pi_intra=log_pi_intra), z, logdet
-
-
-def relerr(x, ref) -> float:
-    """max |x - ref| / max(|ref|, 1); 0 for empty arrays."""
-    x, ref = np.asarray(x, np.float64), np.asarray(ref, np.float64)
-    if ref.size == 0:
-        return 0.0
-    return float(np.max(np.abs(x - ref) / np.maximum(np.abs(ref), 1.0)))
-
-
 def reference_sequence(levels, zs, logdets, class_index=-1):
     """The CPU/float64 rule: per-level reference_inter, route() of the means, reference_intra."""
     inter = [G.reference_inter(z, p["mu"], p["log_pi_inter"]) for p, z in zip(levels, zs)]

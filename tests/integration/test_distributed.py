@@ -126,7 +126,7 @@ def test_matches_single_process_run(ddp_run, trained_run, demo_root):
 def test_torchrun_cli_resumes_a_checkpoint(tiny_root, tmp_path):
     """The real entry, ``torchrun --nproc_per_node 2 -m hgad_edge.train`` with `hgad-edge train`
     flags, resuming on both ranks the checkpoint of a one-epoch single-process run."""
-    from hgad_edge.cli.main import main as cli_main
+    from hgad_edge.cli.commands import main as cli_main
 
     out = str(tmp_path / "run")
     env = dict(os.environ, OMP_NUM_THREADS="1")

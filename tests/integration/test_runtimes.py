@@ -109,7 +109,7 @@ def test_full_graph_matches_detector_path(exported_run, detectors, test_frames):
 
 
 def test_cli_export_and_bench(exported_run, demo_root, tmp_path, capsys):
-    from hgad_edge.cli.main import main
+    from hgad_edge.cli.commands import main
 
     run = str(tmp_path / "run")
     shutil.copytree(exported_run, run)

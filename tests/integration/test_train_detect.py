@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from hgad_edge import artifact, data
 from hgad_edge.artifact import ArtifactError
-from hgad_edge.cli.main import main as cli_main
+from hgad_edge.cli.commands import main as cli_main
 from hgad_edge.detector import Detector
 from hgad_edge.evaluation.evaluator import evaluate
 from hgad_edge.train.loop import train

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from hgad_edge import data
-from hgad_edge.cli.main import main as cli_main
+from hgad_edge.cli.commands import main as cli_main
 from hgad_edge.detector import Detector
 from hgad_edge.preprocess import preprocess
 

@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from hgad_edge import fileio, artifact
 from hgad_edge.artifact import ArtifactError
 from hgad_edge.model.backbone import FeatureExtractor, load_state_dict_file
-from hgad_edge.cli.main import main as cli_main
+from hgad_edge.cli.commands import main as cli_main
 from hgad_edge.detector import Detector
 
 from .conftest import TINY_CLI

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from hgad_edge import artifact, data
-from hgad_edge.cli.main import main as cli_main
+from hgad_edge.cli.commands import main as cli_main
 from hgad_edge.evaluation.evaluator import evaluate
 from hgad_edge.train.loop import CHECKPOINT, train
 

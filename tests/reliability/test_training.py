@@ -20,7 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from hgad_edge import fileio, artifact
-from hgad_edge.cli.main import main as cli_main
+from hgad_edge.cli.commands import main as cli_main
 from hgad_edge.evaluation.evaluator import evaluate
 from hgad_edge.train.loop import CHECKPOINT, train
 

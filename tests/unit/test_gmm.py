@@ -38,8 +38,9 @@ BACKEND_DEVICES = [pytest.param("native", "cpu", marks=NEEDS_NATIVE, id="native-
 
 
 # ----------------------------------------------------------------------------- helpers
-def make_level(rng, n, c, k, d, spread=3.0, noise=1.0, tie_first=True):
-    """A random level: separated centers, intra centers around them, z near one class."""
+def make_level(rng, n, c, k, d, spread=3.0, noise=1.0, tie_first=True, z_class=None):
+    """A random level: separated centers, intra centers around them, z near random classes (or
+    all near ``z_class``)."""
     mu = (rng.standard_normal((c, d)) * spread).astype(np.float32)  # (C, D)
     mu_intra = (mu[:, None, :] + rng.standard_normal((c, k, d))).astype(np.float32)  # (C, K, D)
     if tie_first:
@@ -48,7 +49,7 @@ def make_level(rng, n, c, k, d, spread=3.0, noise=1.0, tie_first=True):
     log_pi_inter = (a - np.log(np.exp(a).sum())).astype(np.float32)  # (C,)
     b = rng.standard_normal((c, k)) * 0.5
     log_pi_intra = (b - np.log(np.exp(b).sum(1, keepdims=True))).astype(np.float32)  # (C, K)
-    cls = rng.integers(0, c, size=n)
+    cls = rng.integers(0, c, size=n) if z_class is None else np.full(n, z_class)
     z = (mu[cls] + rng.standard_normal((n, d)) * noise).astype(np.float32)  # (N, D)
     logdet = (rng.standard_normal(n) * 10).astype(np.float32)  # (N,)
     return dict(mu=mu, log_pi_inter=log_pi_inter, mu_intra=mu_intra, log_pi_intra=log_pi_intra), z, logdet
