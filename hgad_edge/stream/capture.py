@@ -16,11 +16,12 @@ from typing import Any, Callable, Deque, List, Optional, Tuple, Union
 
 import numpy as np
 
+from hgad_edge.data.images import IMAGE_EXTENSIONS, images_in, read_image
+
 log = logging.getLogger(__name__)
 
 Source = Union[int, str]
 CaptureFactory = Callable[[Source], Any]
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 URL_TIMEOUT_MS = 10000  # FFmpeg open/read timeout of URL sources
 END = object()  # put by the capture thread after the last frame
 
@@ -51,24 +52,22 @@ class FolderCapture:
     ``(True, None)`` (a bad frame the stream counts and skips)."""
 
     def __init__(self, folder: str):
-        names = sorted(n for n in os.listdir(folder) if n.lower().endswith(IMAGE_EXTENSIONS))
-        self.paths: List[str] = [os.path.join(folder, n) for n in names]
+        self.paths: List[str] = images_in(folder)
         self._next = 0
 
     def isOpened(self) -> bool:  # noqa: N802 (OpenCV's name)
         return bool(self.paths)
 
     def read(self) -> Tuple[bool, Optional[np.ndarray]]:
-        import cv2
-
         if self._next >= len(self.paths):
             return False, None
         path = self.paths[self._next]
         self._next += 1
-        frame = cv2.imread(path, cv2.IMREAD_COLOR)
-        if frame is None:
-            log.warning("cannot read image %s; skipped", path)
-        return True, frame
+        try:
+            return True, read_image(path)  # the reader of training and evaluation: same pixels
+        except ValueError as e:
+            log.warning("%s; skipped", e)
+            return True, None
 
     def get(self, prop: int) -> float:
         import cv2
