@@ -161,6 +161,14 @@ class Artifact:
         return [p for p in paths if os.path.isfile(p)]
 
     # ---------------------------------------------------------------- exports
+    def export_files(self) -> List[str]:
+        """Every file an export section names (graphs, engines): each must be listed in ``files``."""
+        names = []
+        for e in self.exports.values():
+            names += [str(f) for f in (e.get("files") or {}).values()]
+            names += [str(g["file"]) for g in (e.get("engines") or {}).values() if isinstance(g, dict) and "file" in g]
+        return names
+
     def usable_exports(self) -> Dict[str, Dict[str, Any]]:
         """Exports a backend may load: every one whose validation did not fail."""
         return {b: e for b, e in self.exports.items() if e.get("status") != "failed"}
@@ -226,7 +234,7 @@ class Artifact:
         except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
             raise ArtifactError(f"{path} is not valid JSON: {e}") from e
         art = cls.from_dict(meta, run_dir)
-        unlisted = [n for n in (WEIGHTS, BACKBONE) if n not in art.files]
+        unlisted = [n for n in (WEIGHTS, BACKBONE, *art.export_files()) if n not in art.files]
         if unlisted:  # an unlisted file would be loaded without its checksum
             raise ArtifactError(f"{path} does not list {unlisted} under 'files' with a checksum")
         if verify:

@@ -13,7 +13,7 @@ Per level: ``N`` positions, ``D`` dims, ``C`` classes, ``K`` intra-class centers
   :meth:`GaussianMixture.inter_cuda` and :meth:`GaussianMixture.intra_cuda` on every level.
 
 Backends: the fused native kernel ``hgad_edge._C`` (C++/OpenMP on CPU, CUDA on GPU; see
-docs/kernel.md) and a numpy fallback (BLAS expansion). ``reference_inter`` /
+README "Native kernel" and docs/design.md §1) and a numpy fallback (BLAS expansion). ``reference_inter`` /
 ``reference_intra`` are the float64 oracle used by the tests.
 
 NaN policy: NaN propagates. A NaN in row ``i`` of ``z`` (or in ``logdet[i]``) makes

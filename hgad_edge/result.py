@@ -18,7 +18,8 @@ class Result:
         anomaly_map: float32 (H, W) at the *input* frame's size (model units).
         mask: bool (H, W), pixels above the threshold.
         class_name: the given or routed product class.
-        class_confidence: image-mean inter-class posterior of that class (1.0 when given).
+        class_confidence: image-mean inter-class posterior of that class, averaged over
+            the levels (also when the class is given: it says how much the frame looks like it).
         threshold: raw-score threshold of the class at the Detector's target FPR.
         timings_ms: milliseconds per stage (batch stages are divided by the batch size).
     """

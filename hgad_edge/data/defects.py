@@ -1,4 +1,4 @@
-"""Synthetic defects with exact masks, drawn on a normal image (see ``hgad_edge.demo_data``).
+"""Synthetic defects with exact masks, drawn on a normal image (see ``hgad_edge.data.demo``).
 
 * ``scratch``       thin curved tapered line, brighter or darker than the surface
 * ``stain``         soft-edged blob of dirt, rust, residue or bleach

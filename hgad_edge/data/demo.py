@@ -5,7 +5,7 @@ espresso cup, ...). A *normal* image is a crop of that photograph with a little 
 rotation, scale, brightness/contrast; some textures are also mirrored) resized to
 ``image_size``; train and test crops come from the same distribution. An *anomalous* test image
 is a normal one with one synthetic defect, small like real MVTec defects (0.3–4 % of the pixels),
-drawn with an exact mask by :mod:`hgad_edge.defects` (scratch, stain, foreign material, hole,
+drawn with an exact mask by :mod:`hgad_edge.data.defects` (scratch, stain, foreign material, hole,
 blur). Everything is drawn from ``np.random.default_rng`` streams keyed by (seed, class, split,
 index), so a seed gives byte-identical files and adding a class leaves the others unchanged. The dataset is written into a temporary folder and renamed into place.
 """

@@ -156,3 +156,14 @@ def test_detector_close_and_context_manager(exported):
         det(frame)
     with Detector(exported, backend="torch", device="auto") as det:
         assert det.device == "cpu"  # no GPU here: auto is the CPU
+
+
+def test_an_export_file_not_listed_with_a_checksum_is_refused(exported, tmp_path):
+    run = str(tmp_path / "run")
+    shutil.copytree(exported, run)
+    meta = json.load(open(os.path.join(run, artifact.META)))
+    meta["exports"]["onnxruntime"]["files"]["flows"] = "other.onnx"  # a file model.json does not vouch for
+    shutil.copyfile(os.path.join(run, "flows.onnx"), os.path.join(run, "other.onnx"))
+    fileio.write_json(os.path.join(run, artifact.META), meta)
+    with pytest.raises(ArtifactError, match=r"does not list \['other.onnx'\]"):
+        Detector(run, backend="onnxruntime", device="cpu")
