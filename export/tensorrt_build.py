@@ -14,7 +14,6 @@ from typing import Dict, Optional
 
 import numpy as np
 
-from hgad_edge import fileio
 from hgad_edge.artifact import Artifact
 from hgad_edge.runtime import trt_compat
 from hgad_edge.runtime.tensorrt import CudaContext, engine_file
@@ -22,8 +21,13 @@ from hgad_edge.runtime.tensorrt import CudaContext, engine_file
 log = logging.getLogger(__name__)
 
 
-def _make_calibrator(trt, cuda, images: np.ndarray, batch: int, cache_path: str):
-    """An ``IInt8EntropyCalibrator2`` over (n, 3, S, S) preprocessed images, ``batch`` at a time."""
+def _make_calibrator(trt, cuda, images: np.ndarray, batch: int):
+    """An ``IInt8EntropyCalibrator2`` over (n, 3, S, S) preprocessed images, ``batch`` at a time.
+
+    The calibration cache stays in memory (``.cache``): a cache file left by an interrupted
+    build would be read back by the next build and silently calibrate it with another model's
+    ranges. ``free()`` releases the device batch buffer (before the CUDA context is released).
+    """
 
     class EntropyCalibrator(trt.IInt8EntropyCalibrator2):
         def __init__(self):
@@ -31,7 +35,8 @@ def _make_calibrator(trt, cuda, images: np.ndarray, batch: int, cache_path: str)
             n = max(len(images), batch)
             idx = np.arange(n) % len(images)  # wrap around so every batch is full
             self.data = np.ascontiguousarray(images[idx], dtype=np.float32)  # (n, 3, S, S)
-            self.batch, self.pos = batch, 0
+            self.batch, self.pos, self.batches = batch, 0, 0
+            self.cache: Optional[bytes] = None
             self.host = cuda.pagelocked_empty((batch,) + images.shape[1:], np.float32)
             self.device = cuda.mem_alloc(self.host.nbytes)
 
@@ -39,21 +44,24 @@ def _make_calibrator(trt, cuda, images: np.ndarray, batch: int, cache_path: str)
             return self.batch
 
         def get_batch(self, names):  # noqa: ARG002 - one input
-            if self.pos + self.batch > len(self.data):
+            if self.device is None or self.pos + self.batch > len(self.data):
                 return None
             self.host[...] = self.data[self.pos:self.pos + self.batch]
             cuda.memcpy_htod(self.device, self.host)  # synchronous: TensorRT reads right after
             self.pos += self.batch
+            self.batches += 1
             return [int(self.device)]
 
         def read_calibration_cache(self):
-            if os.path.isfile(cache_path):
-                with open(cache_path, "rb") as f:
-                    return f.read()
-            return None
+            return None  # always calibrate this model from its own images
 
         def write_calibration_cache(self, cache) -> None:
-            fileio.write_bytes(cache_path, bytes(cache))
+            self.cache = bytes(cache)
+
+        def free(self) -> None:
+            if self.device is not None:
+                self.device.free()
+                self.device = None
 
     return EntropyCalibrator()
 
@@ -70,6 +78,7 @@ def build_engine(onnx_path: str, out_path: str, precision: str, image_size: int,
     """
     trt = trt_compat.import_tensorrt()
     ctx = CudaContext(device_index)
+    calibrator = None
     try:
         here = trt_compat.device_info(device_index)
         weak = trt_compat.has_weak_typing(trt.__version__)
@@ -91,7 +100,6 @@ def build_engine(onnx_path: str, out_path: str, precision: str, image_size: int,
         profile = builder.create_optimization_profile()
         profile.set_shape("image", shape(1), shape(1), shape(max_batch))  # optimised for batch 1 (streams)
         config.add_optimization_profile(profile)
-        calibrator = None
         if precision == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
             config.clear_flag(trt.BuilderFlag.TF32)  # TF32 is on by default: fp32 means fp32 here
         if precision in ("fp16", "int8"):
@@ -104,7 +112,7 @@ def build_engine(onnx_path: str, out_path: str, precision: str, image_size: int,
             cal_profile = builder.create_optimization_profile()
             cal_profile.set_shape("image", shape(cb), shape(cb), shape(cb))
             config.set_calibration_profile(cal_profile)
-            calibrator = _make_calibrator(trt, ctx.cuda, calib_images, cb, out_path + ".calib")
+            calibrator = _make_calibrator(trt, ctx.cuda, calib_images, cb)
             config.int8_calibrator = calibrator
         t0 = time.perf_counter()
         plan = builder.build_serialized_network(network, config)
@@ -112,11 +120,13 @@ def build_engine(onnx_path: str, out_path: str, precision: str, image_size: int,
             raise RuntimeError(f"TensorRT failed to build the {precision} engine from {onnx_path} (see its log)")
         header = dict(here, precision=precision, max_batch=int(max_batch), image_size=int(image_size),
                       onnx=os.path.basename(onnx_path), build_s=round(time.perf_counter() - t0, 1))
+        if calibrator is not None:
+            header["calibration_batches"] = int(calibrator.batches)
         trt_compat.write_engine(out_path, plan, header)
-        if os.path.isfile(out_path + ".calib"):
-            os.remove(out_path + ".calib")
         return header
     finally:
+        if calibrator is not None:
+            calibrator.free()  # device memory first: it belongs to the context released next
         ctx.close()
 
 

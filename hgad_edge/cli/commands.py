@@ -87,22 +87,24 @@ def _cmd_predict(a: argparse.Namespace) -> int:
     from hgad_edge.detector import Detector
     from hgad_edge.overlay import draw_overlay
 
-    det = Detector(a.run_dir, backend=a.backend, target_fpr=a.target_fpr, device=a.device, precision=a.precision)
     os.makedirs(a.out, exist_ok=True)
     rows = []
-    for path in a.images:
-        frame = data.read_image(path)
-        r = det(frame, class_name=a.class_name)
-        # class/test/defect/000.png → class_defect_000: names stay unique across classes
-        parts = [p for p in os.path.normpath(os.path.splitext(path)[0]).split(os.sep)[-4:] if p not in ("test", "..", ".")]
-        out_path = os.path.join(a.out, "_".join(parts[-3:]) + "_overlay.png")
-        ok, buf = cv2.imencode(".png", draw_overlay(frame, r))
-        if not ok:
-            raise RuntimeError(f"could not encode overlay for {path}")
-        fileio.write_bytes(out_path, buf.tobytes())
-        rows.append({"image": path, "overlay": out_path, **r.summary()})
-        print(f"{'ANOMALY' if r.is_anomaly else 'ok     '} score={r.score:.3f} class={r.class_name:<12} "
-              f"{r.timings_ms['total']:.1f} ms  {path}")
+    with Detector(a.run_dir, backend=a.backend, target_fpr=a.target_fpr, device=a.device,
+                  precision=a.precision) as det:
+        for path in a.images:
+            frame = data.read_image(path)
+            r = det(frame, class_name=a.class_name)
+            # class/test/defect/000.png → class_defect_000: names stay unique across classes
+            parts = [p for p in os.path.normpath(os.path.splitext(path)[0]).split(os.sep)[-4:]
+                     if p not in ("test", "..", ".")]
+            out_path = os.path.join(a.out, "_".join(parts[-3:]) + "_overlay.png")
+            ok, buf = cv2.imencode(".png", draw_overlay(frame, r))
+            if not ok:
+                raise RuntimeError(f"could not encode overlay for {path}")
+            fileio.write_bytes(out_path, buf.tobytes())
+            rows.append({"image": path, "overlay": out_path, **r.summary()})
+            print(f"{'ANOMALY' if r.is_anomaly else 'ok     '} score={r.score:.3f} class={r.class_name:<12} "
+                  f"{r.timings_ms['total']:.1f} ms  {path}")
     fileio.write_json(os.path.join(a.out, "predictions.json"), rows)
     return 0
 

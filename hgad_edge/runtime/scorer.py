@@ -47,8 +47,22 @@ class Scorer:
         return FrameRaw(c, float(posterior[c]), posterior,
                         [m.reshape(s) for m, s in zip(logp, shp)], [m.reshape(s) for m, s in zip(entropy, shp)])
 
+    def device_scoring(self) -> bool:
+        """The backend scores on its device (network and GMM on the GPU, only maps come back):
+        it has ``score_on_device``, says it can (``device_scoring``), and the mixtures are native."""
+        return (callable(getattr(self.backend, "score_on_device", None))
+                and bool(getattr(self.backend, "device_scoring", False))
+                and all(g.backend == "native" for g in self.gmms))
+
     def raw(self, frames: Sequence[np.ndarray], class_indices: Sequence[Optional[int]]
             ) -> Tuple[List[FrameRaw], Dict[str, float]]:
+        """Per frame the routed (``None``) or given class and the per-level maps, with timings (ms)."""
+        if self.device_scoring():
+            t0 = time.perf_counter()
+            batch = preprocess(frames, self.image_size)
+            t1 = time.perf_counter()
+            out, timings = self.backend.score_on_device(batch, list(class_indices), self.gmms, self.feature_shapes)
+            return out, {"preprocess": (t1 - t0) * 1e3, **timings}
         levels, timings = self.forward(frames)
         t0 = time.perf_counter()
         out = [self.score(levels, i, c) for i, c in enumerate(class_indices)]
