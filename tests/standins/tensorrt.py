@@ -33,6 +33,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from hgad_edge.runtime.trt_compat import version_tuple  # the same version parsing as the code under test
 from tests.standins.pycuda import driver
 
 __version__ = "10.3.0"
@@ -355,7 +356,7 @@ class Builder:
         if strongly_typed and config.flags & {BuilderFlag.FP16, BuilderFlag.INT8}:
             return fail("BuilderFlag::kFP16/kINT8 cannot be used with a strongly typed network")
         if (BuilderFlag.FP16 in config.flags or BuilderFlag.INT8 in config.flags) and \
-                driver_version_tuple(__version__)[:1] >= (11,):
+                version_tuple(__version__)[:1] >= (11,):
             return fail(f"TensorRT {__version__} has no weakly typed FP16/INT8 builder flags")
         profiles = []
         for prof in config.profiles:
@@ -444,21 +445,11 @@ class Builder:
             batches += 1
         if batches == 0:
             return fail("calibration failed: the calibrator returned no batch")
-        tag = "".join(f"{int(v):02d}" for v in driver_version_tuple(__version__)[:3])
+        tag = "".join(f"{int(v):02d}" for v in version_tuple(__version__)[:3])
         lines = [f"TRT-{tag}-EntropyCalibration2"] + [
             f"{k}: {struct.unpack('<I', struct.pack('<f', max(v, 1e-12) / 127.0))[0]:08x}" for k, v in absmax.items()]
         cal.write_calibration_cache(IHostMemory(("\n".join(lines) + "\n").encode()))
         return {"batches": batches, "from_cache": False, "shapes": shapes, "batch_size": batch_size}
-
-
-def driver_version_tuple(version: str) -> tuple:
-    out = []
-    for part in str(version).split("."):
-        digits = "".join(ch for ch in part if ch.isdigit())
-        if not digits:
-            break
-        out.append(int(digits))
-    return tuple(out)
 
 
 # ----------------------------------------------------------------------------- run side
