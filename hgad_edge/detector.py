@@ -15,6 +15,7 @@ from hgad_edge.postprocess import COMBINE_MODES, FrameRaw, finalize
 from hgad_edge.preprocess import to_bgr
 from hgad_edge.result import Result
 from hgad_edge.runtime import BACKENDS, Scorer, auto_backend, make_backend, check_device
+from hgad_edge.runtime.registry import check_precision
 
 log = logging.getLogger(__name__)
 
@@ -26,16 +27,21 @@ class Detector:
 
     Args:
         model_dir: the RUN_DIR written by ``hgad-edge train`` (and extended by export).
-        backend: "auto" (fastest usable one, logged with why it skipped the others), "torch",
-            "onnxruntime" or "tensorrt".
+        backend: "auto" (fastest usable one, logged with why it skipped the others: TensorRT on a
+            GPU > ONNX Runtime > OpenVINO > torch), "torch", "onnxruntime", "openvino" or "tensorrt".
         target_fpr: false-positive rate on normal images that sets each class's threshold
             (default: the one stored at training).
         combine: anomaly map (default: the one stored at training, "position" for new models):
             "position" (per-position calibrated log-likelihood), "loglik", "product"
             (log-likelihood × entropy, the official HGAD map) or "entropy".
         device: "auto" (a CUDA GPU when one is visible, else the CPU), "cpu", "cuda" or "cuda:N".
-        precision: TensorRT engine precision ("fp32", "fp16", "int8"; default: the export's
-            default engine). Other backends run fp32 and refuse another precision.
+        precision: "fp32", "fp16" (TensorRT), "bf16" (OpenVINO; ONNX Runtime on aarch64) or
+            "int8" (ONNX Runtime, OpenVINO, TensorRT), each an exported variant. Default: the most
+            precise one exported for the backend (TensorRT: the export's default engine). With
+            ``backend="auto"`` and no precision, fp32 is used wherever it is exported — a lower
+            precision is never picked silently; ``precision="int8"`` asks for the fastest backend
+            with an int8 variant whose accuracy gate passed. Every reduced precision scores with
+            the calibration (normalizers, thresholds) computed with that precision at export.
         threads: intra-op threads of the backend (default: the library's choice).
         gmm_backend: "auto" (native kernel when built), "native" or "numpy".
         channel_order: "bgr" (OpenCV, default) or "rgb" (PIL, imageio, most camera SDKs).
@@ -54,20 +60,14 @@ class Detector:
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
         check_device(device)
-        if precision is not None and backend not in ("tensorrt", "auto") and precision != "fp32":
-            raise ValueError(f"backend {backend!r} runs fp32 only; precision={precision!r} needs backend='tensorrt'")
+        check_precision(precision, backend)
         self.model_dir = model_dir
         self.artifact = art = Artifact.read(model_dir)
         self.class_names: List[str] = art.class_names
         self.image_size = art.image_size
-        self.normalizers = [art.normalizer(c) for c in self.class_names]
         self.combine = combine or art.combine
         if self.combine not in COMBINE_MODES:
             raise ValueError(f"combine={self.combine!r}; choose one of {COMBINE_MODES}")
-        stored = art.calibrated_maps()
-        if self.combine not in stored:
-            raise ValueError(f"{model_dir} was calibrated for the maps {stored}, not {self.combine!r} "
-                             "(written by an older hgad_edge); retrain, or pick one of those")
         weights = artifact.load_tensors(model_dir, artifact.WEIGHTS)  # read once: GMM arrays + torch flows
         gmms = []
         for l in range(art.n_levels):
@@ -80,16 +80,25 @@ class Detector:
         self._backend = (auto_backend(art, device, threads, weights, precision) if backend == "auto"
                          else make_backend(backend, art, device, threads, weights, precision))
         self.device: str = self._backend.device  # where it runs ('auto' resolved)
+        # the calibration of the variant that runs (a reduced precision has its own)
+        self._variant = (self._backend.name, getattr(self._backend, "precision", None) or "fp32")
+        stored = art.calibrated_maps(*self._variant)
+        if self.combine not in stored:
+            self.close()
+            raise ValueError(f"{model_dir} was calibrated for the maps {stored}, not {self.combine!r} "
+                             "(written by an older hgad_edge); retrain, or pick one of those")
+        self.normalizers = [art.normalizer(c, *self._variant) for c in self.class_names]
         self.scorer = Scorer(self._backend, gmms, art.feature_shapes, self.image_size)
         self.set_target_fpr(target_fpr if target_fpr is not None else art.target_fpr)
 
     @property
     def backend(self) -> str:
-        return self._backend.name
+        return self._variant[0]
 
     @property
     def precision(self) -> str:
-        return getattr(self._backend, "precision", "fp32")
+        """The precision that runs (its calibration sets the normalizers and thresholds)."""
+        return self._variant[1]
 
     def close(self) -> None:
         """Release the backend (sessions, TensorRT engine, device buffers, CUDA context). Idempotent."""
@@ -106,8 +115,8 @@ class Detector:
     def set_target_fpr(self, target_fpr: float) -> None:
         """Move every class threshold to the (1 − ``target_fpr``) quantile of its normal scores."""
         self.target_fpr = float(target_fpr)
-        self.thresholds = [quantile_threshold(self.artifact.scores(c, self.combine), self.target_fpr)
-                           for c in self.class_names]
+        self.thresholds = [quantile_threshold(self.artifact.scores(c, self.combine, *self._variant),
+                                              self.target_fpr) for c in self.class_names]
 
     def class_index(self, class_name: Optional[str]) -> Optional[int]:
         if class_name is None:

@@ -36,6 +36,19 @@ def _parse_levels(text: str):
     return out
 
 
+class _Store(argparse.Action):
+    """``store``, remembering that the flag was given: ``train --from`` refuses the architecture
+    flags (the parent fixes them) and fills the others that were left out from the parent."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        setattr(namespace, "_given", set(getattr(namespace, "_given", ())) | {self.dest})
+
+
+# The network is the parent's with --from: these flags cannot change it.
+_ARCHITECTURE_FLAGS = ("image_size", "backbone", "weights", "levels", "pad", "pool", "coupling_blocks", "n_intra")
+
+
 def _cmd_make_demo_data(a: argparse.Namespace) -> int:
     from hgad_edge.data.demo import format_summary, make_demo_data, summarize
 
@@ -47,19 +60,52 @@ def _cmd_make_demo_data(a: argparse.Namespace) -> int:
     return 0
 
 
+def _train_config(a: argparse.Namespace, epochs: int, target_fpr: float) -> TrainConfig:
+    return TrainConfig(epochs=epochs, batch_size=a.batch_size, lr=a.lr, lambda2=a.lambda_mi, seed=a.seed,
+                       augment=a.augment, target_fpr=target_fpr, calib_fraction=a.calib_fraction)
+
+
+def _cmd_add_classes(a: argparse.Namespace) -> int:
+    """``train --from RUN --classes new,...``: add classes to a trained model (hgad_edge.train.extend)."""
+    from hgad_edge.train.defaults import ADD_EPOCHS
+    from hgad_edge.train.extend import add_classes
+
+    given = getattr(a, "_given", set())
+    fixed = [f"--{d.replace('_', '-')}" for d in _ARCHITECTURE_FLAGS if d in given]
+    if fixed:
+        raise ValueError(f"{', '.join(fixed)}: the network comes from the parent model {a.from_run} with --from; "
+                         "leave the flag(s) out")
+    if not a.classes:
+        raise ValueError("--from needs --classes: the comma-separated classes to add to the model")
+    epochs = a.epochs if "epochs" in given else ADD_EPOCHS
+    tcfg = _train_config(a, epochs, a.target_fpr)
+    art = add_classes(a.from_run, a.data, a.classes, a.out, tcfg, resume=a.resume, progress=not a.quiet,
+                      replay=a.replay, target_fpr=a.target_fpr if "target_fpr" in given else None,
+                      replay_per_class=a.replay_buffer if "replay_buffer" in given else None)
+    step = art.lineage[-1]
+    moved = step["calibration"]["recalibrated"]
+    print(f"added {len(step['added_classes'])} class(es) ({', '.join(step['added_classes'])}) to {a.from_run} "
+          f"→ {a.out}: {len(art.class_names)} classes, {epochs} epochs, replay {step['replay']['kind']}; "
+          f"old classes recalibrated: {', '.join(moved) if moved else 'none'}")
+    return 0
+
+
 def _cmd_train(a: argparse.Namespace) -> int:
     from hgad_edge import data
     from hgad_edge.train.loop import train
 
+    if a.from_run:
+        return _cmd_add_classes(a)
+    if a.replay != "auto":
+        raise ValueError("--replay chooses how --from rehearses the old classes; it needs --from")
     classes = data.resolve_classes(a.data, a.classes)
     defaults = ModelConfig(class_names=classes)
     mcfg = ModelConfig(class_names=classes, backbone=a.backbone, image_size=a.image_size,
                        levels=a.levels or defaults.levels, coupling_blocks=a.coupling_blocks, n_intra=a.n_intra,
                        pad=a.pad, pool=a.pool or ())
-    tcfg = TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, lambda2=a.lambda_mi, seed=a.seed,
-                       augment=a.augment,
-                       target_fpr=a.target_fpr, calib_fraction=a.calib_fraction)
-    art = train(a.data, a.out, mcfg, tcfg, resume=a.resume, backbone_weights=a.weights, progress=not a.quiet)
+    tcfg = _train_config(a, a.epochs, a.target_fpr)
+    art = train(a.data, a.out, mcfg, tcfg, resume=a.resume, backbone_weights=a.weights, progress=not a.quiet,
+                replay_per_class=a.replay_buffer)
     last = art.history[-1] if art.history else {}
     print(f"trained {len(classes)} classes ({', '.join(classes)}) → {a.out}; final epoch losses: "
           + ", ".join(f"{k}={v:.4f}" for k, v in last.items() if k != "epoch"))
@@ -133,35 +179,50 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = ModelConfig(class_names=("x",))
     t = TrainConfig()
-    s = sub.add_parser("train", formatter_class=fmt, help="train one unified model on normal images of every class")
+    from hgad_edge.train.defaults import ADD_EPOCHS, REPLAY_MODES, REPLAY_PER_CLASS
+
+    s = sub.add_parser("train", formatter_class=fmt, help="train one unified model on normal images of every class "
+                       "(or add classes to a trained one: --from)")
     s.add_argument("--data", required=True, help="dataset root in MVTec AD layout (<class>/train/good/...)")
     s.add_argument("--out", required=True, help="RUN_DIR to write the model artifact into")
-    s.add_argument("--classes", help="comma-separated classes (default: every class folder)")
-    s.add_argument("--image-size", type=int, default=d.image_size, help="square input side S")
-    s.add_argument("--backbone", default=d.backbone, help="timm backbone (efficientnet_lite0/1/2 have offline weights)")
-    s.add_argument("--weights", help="backbone weights file (safetensors or state dict) for other backbones")
-    s.add_argument("--levels", type=_parse_levels, default=None,
+    s.add_argument("--classes", help="comma-separated classes (default: every class folder); with --from: the "
+                                     "classes to add")
+    s.add_argument("--from", dest="from_run", metavar="RUN",
+                   help="add --classes to the trained model RUN (fine-tuned from its weights with a replay of its "
+                        "classes) instead of training from scratch; the network flags come from RUN")
+    s.add_argument("--replay", choices=REPLAY_MODES, default="auto",
+                   help="with --from, how the old classes are rehearsed: their training images in --data, RUN's "
+                        "feature buffer, or none; auto = images when --data has every old class, else the buffer")
+    s.add_argument("--replay-buffer", type=int, default=REPLAY_PER_CLASS, action=_Store, metavar="N",
+                   help="mosaic feature maps per class stored in the artifact for a later --from (0: none)")
+    s.add_argument("--image-size", type=int, default=d.image_size, action=_Store, help="square input side S")
+    s.add_argument("--backbone", default=d.backbone, action=_Store,
+                   help="timm backbone (efficientnet_lite0/1/2 have offline weights)")
+    s.add_argument("--weights", action=_Store, help="backbone weights file (safetensors or state dict) for other backbones")
+    s.add_argument("--levels", type=_parse_levels, default=None, action=_Store,
                    help="feature levels as stage@scale, default " + ",".join(f"{a}@{b:g}" for a, b in d.levels))
-    s.add_argument("--pad", type=int, default=d.pad,
+    s.add_argument("--pad", type=int, default=d.pad, action=_Store,
                    help="reflect padding in pixels before the backbone, cropped off the feature maps "
                         "(a multiple of stride/scale of every level, e.g. 64 for the default levels)")
-    s.add_argument("--pool", type=_parse_pool, default=None,
+    s.add_argument("--pool", type=_parse_pool, default=None, action=_Store,
                    help="odd window per level (or one for all): each feature cell is averaged with its "
                         "neighbours before the flow, PatchCore-style; 1 = off. Default: 3 at the full-scale "
                         "levels, 1 at the downscaled ones (" + ",".join(map(str, d.pool)) + " for the default levels)")
-    s.add_argument("--coupling-blocks", type=int, default=d.coupling_blocks)
-    s.add_argument("--n-intra", type=int, default=d.n_intra, help="intra-class centers K per class")
-    s.add_argument("--epochs", type=int, default=t.epochs)
+    s.add_argument("--coupling-blocks", type=int, default=d.coupling_blocks, action=_Store)
+    s.add_argument("--n-intra", type=int, default=d.n_intra, action=_Store, help="intra-class centers K per class")
+    s.add_argument("--epochs", type=int, default=t.epochs, action=_Store,
+                   help=f"training epochs (with --from: fine-tuning epochs, default {ADD_EPOCHS})")
     s.add_argument("--batch-size", type=int, default=t.batch_size)
     s.add_argument("--lr", type=float, default=t.lr, help="flow learning rate (centers get 3×); official HGAD: 2e-4")
     s.add_argument("--lambda-mi", type=float, default=t.lambda2,
                    help="weight λ2 of the mutual-information loss; official HGAD: 100")
     s.add_argument("--seed", type=int, default=t.seed)
-    s.add_argument("--target-fpr", type=float, default=t.target_fpr, help="default false-positive rate of thresholds")
+    s.add_argument("--target-fpr", type=float, default=t.target_fpr, action=_Store,
+                   help="default false-positive rate of thresholds (with --from: RUN's unless given)")
     s.add_argument("--calib-fraction", type=float, default=t.calib_fraction,
                    help="share of each class's normal images held out for calibration")
     s.add_argument("--augment", action="store_true", help="random flips/brightness (recomputes features per epoch)")
-    s.add_argument("--resume", action="store_true", help="continue from RUN_DIR's last complete epoch")
+    s.add_argument("--resume", action="store_true", help="continue from RUN_DIR's last complete epoch (also with --from)")
     s.add_argument("--quiet", action="store_true", help="no progress bars")
     s.set_defaults(func=_cmd_train)
 

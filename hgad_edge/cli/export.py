@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from hgad_edge.export.pipeline import FORMATS, PRECISIONS
+from hgad_edge.export.pipeline import FORMATS, GATE_ACTIONS, MAX_DROP, PRECISIONS
 
 
 def _cmd_export(a: argparse.Namespace) -> int:
@@ -12,19 +12,44 @@ def _cmd_export(a: argparse.Namespace) -> int:
 
     if "triton" in (a.format or []):
         return _cmd_export_triton(a)
-    formats = tuple(dict.fromkeys(["onnx"] + list(a.format or [])))  # TensorRT builds from the ONNX graph
-    cfg = ExportConfig(formats=formats, precisions=tuple(dict.fromkeys(a.precision or ["fp16"])),
+    # the fp32 ONNX graphs are always written (every other variant is built from them)
+    formats = tuple(dict.fromkeys(a.format or ["onnx"]))
+    cfg = ExportConfig(formats=formats, precisions=tuple(dict.fromkeys(a.precision or [])),
                        full_graph=a.full_graph, opset=a.opset, calib_data=a.calib_data,
-                       calib_images=a.calib_images, max_batch=a.max_batch, workspace_mb=a.workspace_mb)
+                       calib_images=a.calib_images, max_batch=a.max_batch, workspace_mb=a.workspace_mb,
+                       max_drop=a.max_drop, on_gate_fail=a.on_gate_fail, threads=a.threads, progress=not a.quiet,
+                       reexport=a.reexport)
     art = export_model(a.run_dir, cfg)
     ort = art.exports["onnxruntime"]
     val = ort["validation"]
     print(f"ONNX (opset {ort['opset']}, folded flows): {', '.join(ort['files'].values())} → {a.run_dir}")
     print(f"  validation vs eager torch on {val['images']} {val['source']}: "
           + ", ".join(f"{k} {v:.1e}" for k, v in val["max_rel_err"].items()) + f" (relative) → {val['status']}")
+    refused = []
+    built = {("onnxruntime" if f == "onnx" else f, p) for f in formats for p in cfg.precisions_for(f)}
+    for (backend, p), sec in art.variants().items():
+        if backend == "tensorrt" or (backend, p) not in built or (backend, p) == ("onnxruntime", "fp32"):
+            continue
+        line = f"{backend} {p}: {', '.join(dict.fromkeys(sec.get('files', {}).values()))}"
+        if "validation" in sec:
+            line += f" — validation vs {sec['validation'].get('reference', 'eager torch')} " + ", ".join(
+                f"{k} {v:.1e}" for k, v in sec["validation"]["max_rel_err"].items()) + f" → {sec['status']}"
+        gate = sec.get("accuracy_gate")
+        if gate:
+            line += (f" — accuracy gate on {gate['images']} held-out images + {gate['defects']} synthetic defects: "
+                     f"image AUROC {gate['image_auroc']:.4f} (fp32 {gate['image_auroc_fp32']:.4f}), pixel AUROC "
+                     f"{gate['pixel_auroc']:.4f} (fp32 {gate['pixel_auroc_fp32']:.4f}), drop {gate['drop']:+.4f} "
+                     f"(max {gate['max_drop']}) → {gate['status']}")
+        if sec.get("status") == "failed":
+            refused.append(f"{backend} {p}")
+            line += " — REFUSED" + ("" if gate else f": {sec.get('reason', 'failed')}")
+        print(line)
     for p, e in art.exports.get("tensorrt", {}).get("engines", {}).items():
         print(f"TensorRT {p}: {e['file']} for {e['gpu']} (sm {e['compute_capability']}, TensorRT {e['tensorrt']})")
-    return 0 if val["status"] == "passed" else 1
+    if refused:
+        print(f"refused (recorded as failed, never loaded): {', '.join(refused)}; keep one for explicit use with "
+              "--on-gate-fail warn, or accept a larger drop with --max-drop")
+    return 0 if val["status"] == "passed" and not refused else 1
 
 
 def _cmd_export_triton(a: argparse.Namespace) -> int:
@@ -48,7 +73,7 @@ def _cmd_bench(a: argparse.Namespace) -> int:
     from hgad_edge.evaluation.bench import format_table, rows_as_dicts, run_bench
 
     rows = run_bench(a.run_dir, a.data, device=a.device, threads=a.threads, frames=a.frames, warmup=a.warmup,
-                     progress=not a.quiet)
+                     progress=not a.quiet, rss=not a.no_rss)
     print(format_table(rows, a.threads))
     if a.json:
         fileio.write_json(a.json, rows_as_dicts(rows))
@@ -60,18 +85,36 @@ def register(sub) -> None:
     """Add the ``export`` and ``bench`` verbs to the ``hgad-edge`` subparsers."""
     fmt = argparse.ArgumentDefaultsHelpFormatter
     s = sub.add_parser("export", formatter_class=fmt,
-                       help="add ONNX graphs (folded flows) and TensorRT engines to a model directory")
+                       help="add ONNX graphs (folded flows), INT8/BF16 variants, OpenVINO and TensorRT engines "
+                            "to a model directory")
     s.add_argument("run_dir", help="model directory written by `hgad-edge train`")
     s.add_argument("--format", action="append", choices=FORMATS + ("triton",),
-                   help="repeatable; onnx is always written (TensorRT builds from it); triton writes a "
-                        "Triton model repository into --out (with tensorrt: TensorRT accelerator)")
+                   help="repeatable (default onnx); the fp32 ONNX graphs are always written (every other variant "
+                        "is built from them); openvino: pip install hgad_edge[openvino]; triton writes a Triton "
+                        "model repository into --out (with tensorrt: TensorRT accelerator)")
     s.add_argument("--precision", action="append", choices=PRECISIONS,
-                   help="TensorRT engine precision, repeatable (default fp16)")
+                   help="repeatable; built for every --format that has it: onnx fp32/int8 (bf16 on aarch64), "
+                        "openvino fp32/bf16/int8, tensorrt fp32/fp16/int8. Default: fp32 (tensorrt: fp16). "
+                        "Each reduced precision is calibrated with its own scores and must pass the accuracy gate")
+    s.add_argument("--max-drop", type=float, default=MAX_DROP,
+                   help="accuracy gate: largest accepted drop of image or pixel AUROC below fp32 on synthetic "
+                        "defects drawn on the held-out normal images")
+    s.add_argument("--on-gate-fail", choices=GATE_ACTIONS, default="refuse",
+                   help="refuse: a variant over --max-drop is recorded as failed and never loaded (exit code 1); "
+                        "warn: kept for explicit --precision use, never chosen by --backend auto")
+    s.add_argument("--threads", type=int, default=None,
+                   help="threads for scoring the held-out images during calibration and the gate")
+    s.add_argument("--reexport", action="store_true",
+                   help="rebuild the fp32 ONNX graphs even when the ones in RUN_DIR are current (this drops every "
+                        "ONNX Runtime / OpenVINO variant built from them); by default they are kept and only the "
+                        "requested variants are (re)built")
+    s.add_argument("--quiet", action="store_true", help="no progress bars")
     s.add_argument("--full-graph", action="store_true",
                    help="also full_graph.onnx: backbone + flows + GMM scoring as ONNX ops (Triton, DeepStream)")
     s.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 17)")
-    s.add_argument("--calib-data", help="folder of normal images for INT8 calibration "
-                                        "(default: the artifact's held-out calibration images)")
+    s.add_argument("--calib-data", help="folder of normal images for the INT8 activation ranges (default: the "
+                                        "artifact's held-out calibration images; thresholds and the gate always "
+                                        "use those)")
     s.add_argument("--calib-images", type=int, default=64, help="at most this many INT8 calibration images")
     s.add_argument("--max-batch", type=int, default=8, help="TensorRT optimization profile: batch 1..N")
     s.add_argument("--workspace-mb", type=int, default=1024, help="TensorRT builder workspace")
@@ -91,5 +134,7 @@ def register(sub) -> None:
     s.add_argument("--frames", type=int, default=100, help="timed frames per row (after warm-up)")
     s.add_argument("--warmup", type=int, default=10)
     s.add_argument("--json", help="also write the rows as JSON here")
-    s.add_argument("--quiet", action="store_true")
+    s.add_argument("--no-rss", action="store_true",
+                   help="skip the peak-RSS column (measured in a fresh process per row)")
+    s.add_argument("--quiet", action="store_true", help="no progress bars")
     s.set_defaults(func=_cmd_bench)

@@ -1,4 +1,4 @@
-"""The backend protocol: what every runtime (eager torch, ONNX Runtime, TensorRT) provides.
+"""The backend protocol: what every runtime (eager torch, ONNX Runtime, OpenVINO, TensorRT) provides.
 
 A backend turns a preprocessed batch (B, 3, S, S) float32 into, per feature level, the flow's
 z (B, N, D) and log|det J| (B, N) as numpy arrays, with per-stage timings in milliseconds.
@@ -62,11 +62,12 @@ def _ort_has_gpu() -> bool:
 
 def resolve_device(device: str, backend: Optional[str] = None) -> str:
     """``device='auto'`` → 'cuda' when a CUDA GPU is visible (and, for ``backend='onnxruntime'``,
-    this ONNX Runtime build has a GPU provider), else 'cpu'; other devices are returned unchanged."""
+    this ONNX Runtime build has a GPU provider), else 'cpu' (always for ``backend='openvino'``,
+    which runs on the CPU); other devices are returned unchanged."""
     device = check_device(device)
     if device != "auto":
         return device
-    if not cuda_available():
+    if backend == "openvino" or not cuda_available():
         return "cpu"
     if backend == "onnxruntime" and not _ort_has_gpu():
         return "cpu"

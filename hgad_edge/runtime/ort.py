@@ -1,6 +1,11 @@
-"""The ONNX Runtime backend (the default on CPU): the exported backbone and folded flows.
+"""The ONNX Runtime backend: the exported backbone and folded flows, fp32 or a quantized variant.
 
 Follows ``hgad_edge.runtime.base.Backend``; ``make_session`` is also what export validation uses.
+
+Precisions: "fp32" (``exports.onnxruntime.files``), "int8" (QDQ graphs of
+``exports.onnxruntime.variants.int8.files``, statically quantized at export) and "bf16": the
+fp32 graphs with MLAS's bf16 fast-math GEMM, which ONNX Runtime has on aarch64 CPUs with BF16
+only (its x86 CPU EP has no bf16 Conv/MatMul kernels).
 """
 from __future__ import annotations
 
@@ -53,8 +58,23 @@ def select_providers(device: str = "cpu", available: Optional[Sequence[str]] = N
     return gpu + ["CPUExecutionProvider"]
 
 
-def make_session(path: str, threads: Optional[int] = None, providers: Optional[Sequence[str]] = None):
-    """InferenceSession with ``threads`` intra-op threads, all graph optimizations, sequential."""
+def bf16_fastmath_supported() -> bool:
+    """ONNX Runtime's bf16 path exists here: an aarch64 CPU with the BF16 extension."""
+    import platform
+
+    if platform.machine().lower() not in ("aarch64", "arm64"):
+        return False
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            return any(line.startswith("Features") and " bf16" in line for line in f)
+    except OSError:
+        return False
+
+
+def make_session(path: str, threads: Optional[int] = None, providers: Optional[Sequence[str]] = None,
+                 bf16_fastmath: bool = False):
+    """InferenceSession with ``threads`` intra-op threads, all graph optimizations, sequential
+    (``bf16_fastmath``: fp32 GEMMs in bf16, aarch64 only)."""
     ort = _import_ort()
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -65,6 +85,11 @@ def make_session(path: str, threads: Optional[int] = None, providers: Optional[S
     # No busy-waiting after a run: the GMM kernel (OpenMP) and postprocessing run right after the
     # network on the same cores, and spinning ORT workers starved them (measured: gmm 0.3 → 200+ ms).
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if bf16_fastmath:
+        if not bf16_fastmath_supported():
+            raise ValueError("ONNX Runtime runs bf16 only on aarch64 CPUs with BF16 (its x86 CPU EP has no bf16 "
+                             "kernels); use the openvino backend for bf16 on x86")
+        so.add_session_config_entry("mlas.enable_gemm_fastmath_arm64_bfloat16", "1")
     return ort.InferenceSession(path, sess_options=so, providers=list(providers or ["CPUExecutionProvider"]))
 
 
@@ -77,31 +102,43 @@ class OnnxRuntimeBackend:
         threads: intra-op threads (default: ONNX Runtime's choice).
         mode: "split" (backbone.onnx then flows.onnx, reports both stages) or "merged"
             (model.onnx, one session, reported as backbone with flow = 0).
+        precision: "fp32" (default), "int8" or "bf16" (an exported variant; see the module doc).
     """
 
     name = "onnxruntime"
 
     def __init__(self, art: Artifact, device: str = "cpu", threads: Optional[int] = None,
-                 mode: str = DEFAULT_SESSION_MODE):
+                 mode: str = DEFAULT_SESSION_MODE, precision: Optional[str] = None):
         if mode not in SESSION_MODES:
             raise ValueError(f"mode must be one of {SESSION_MODES}, got {mode!r}")
-        info = art.usable_exports().get("onnxruntime")
-        if not info:
+        precision = precision or "fp32"
+        if art.exports.get("onnxruntime", {}).get("status") == "failed" or not art.usable_precisions("onnxruntime"):
             raise RuntimeError(f"{art.run_dir} has no usable ONNX export: run "
                                f"`hgad-edge export {art.run_dir} --format onnx`")
+        info = art.variant("onnxruntime", precision)
+        if not info or info.get("status") == "failed":
+            raise RuntimeError(f"{art.run_dir} has no usable onnxruntime {precision} export (exported: "
+                               f"{art.usable_precisions('onnxruntime')}): run "
+                               f"`hgad-edge export {art.run_dir} --format onnx --precision {precision}`")
         providers = select_providers(device)
+        if precision != "fp32" and device != "cpu":
+            raise ValueError(f"the onnxruntime {precision} graphs run on the CPU EP; use device='cpu'")
         files = info["files"]
+        if mode == "merged" and "model" not in files:
+            raise ValueError(f"the onnxruntime {precision} export has no merged graph; use mode='split'")
+        fastmath = precision == "bf16"
         self.mode = mode
         self.device = device
+        self.precision = precision
         self.n_levels = art.n_levels
         if mode == "merged":
-            self._net = make_session(art.path(files["model"]), threads, providers)
+            self._net = make_session(art.path(files["model"]), threads, providers, fastmath)
         else:
-            self._bb = make_session(art.path(files["backbone"]), threads, providers)
-            self._fl = make_session(art.path(files["flows"]), threads, providers)
+            self._bb = make_session(art.path(files["backbone"]), threads, providers, fastmath)
+            self._fl = make_session(art.path(files["flows"]), threads, providers, fastmath)
             self._feat_names = [o.name for o in self._bb.get_outputs()]
         self.providers = (self._net if mode == "merged" else self._bb).get_providers()
-        log.info("onnxruntime %s session(s), providers %s, threads %s", mode, self.providers, threads)
+        log.info("onnxruntime %s %s session(s), providers %s, threads %s", precision, mode, self.providers, threads)
 
     def _levels(self, outs: Sequence[np.ndarray]) -> LevelArrays:
         return [(outs[2 * l], outs[2 * l + 1]) for l in range(self.n_levels)]

@@ -134,12 +134,14 @@ class FrameBuffer:
 
     ``drop=True``: the newest ``capacity`` frames are kept and older ones are dropped (counted);
     ``drop=False``: ``put`` waits for room, so no frame is lost (files and folders in order).
+    ``wake``: an event set on every ``put`` and ``close``, so one consumer can wait on many
+    buffers at once (the multi-source loop).
     """
 
-    def __init__(self, capacity: int, drop: bool):
+    def __init__(self, capacity: int, drop: bool, wake: Optional[threading.Event] = None):
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
-        self.capacity, self.drop = capacity, drop
+        self.capacity, self.drop, self.wake = capacity, drop, wake
         self._items: Deque[Any] = deque()
         self._cond = threading.Condition()
         self.dropped = 0
@@ -158,18 +160,23 @@ class FrameBuffer:
                     self._cond.wait(0.05)
             self._items.append(item)
             self._cond.notify_all()
-            return True
+        if self.wake is not None:
+            self.wake.set()
+        return True
 
     def close(self) -> None:
         """Mark the end: after the buffered items ``get`` returns ``END``."""
         with self._cond:
             self._items.append(END)
             self._cond.notify_all()
+        if self.wake is not None:
+            self.wake.set()
 
     def get(self, timeout: float) -> Any:
-        """The oldest item, ``END``, or None when nothing arrived within ``timeout`` seconds."""
+        """The oldest item, ``END``, or None when nothing arrived within ``timeout`` seconds
+        (0: do not wait)."""
         with self._cond:
-            if not self._items:
+            if not self._items and timeout > 0:
                 self._cond.wait(timeout)
             if not self._items:
                 return None
@@ -195,9 +202,11 @@ class CaptureThread(threading.Thread):
 
     def __init__(self, cap: Any, source: Source, buffer: FrameBuffer, halt: threading.Event,
                  factory: CaptureFactory, live: bool, pace_fps: float = 0.0, reconnect_attempts: int = 10,
-                 reconnect_delay: float = 0.5, reconnect_max_delay: float = 10.0):
-        super().__init__(name="hgad-capture", daemon=True)
+                 reconnect_delay: float = 0.5, reconnect_max_delay: float = 10.0, name: str = "hgad-capture",
+                 label: Optional[str] = None):
+        super().__init__(name=name, daemon=True)
         self.cap, self.source, self.buffer, self.halt = cap, source, buffer, halt
+        self.label = label or repr(source)  # how logs name the source (a URL without its password)
         self.factory, self.live, self.pace_fps = factory, live, pace_fps
         self.reconnect_attempts = reconnect_attempts
         self.reconnect_delay, self.reconnect_max_delay = reconnect_delay, reconnect_max_delay
@@ -205,6 +214,7 @@ class CaptureThread(threading.Thread):
         self.bad_frames = 0
         self.reconnects = 0
         self.lost = False
+        self.connected = True  # False while reconnecting
         self.error: Optional[BaseException] = None
         self._attempt = 0   # failed reconnect attempts since the last good read
         self._delay = reconnect_delay
@@ -227,7 +237,7 @@ class CaptureThread(threading.Thread):
         try:
             return self.cap.read()
         except Exception as e:  # a driver or decoder error is a failed read, not a crash
-            log.warning("reading source %r failed: %s", self.source, e)
+            log.warning("reading source %s failed: %s", self.label, e)
             return False, None
 
     def _loop(self) -> None:
@@ -236,7 +246,7 @@ class CaptureThread(threading.Thread):
             ok, frame = self._read()
             if not ok:
                 if not self.live:
-                    log.info("end of source %r after %d frames", self.source, self.frames_read)
+                    log.info("end of source %s after %d frames", self.label, self.frames_read)
                     return
                 if not self._reconnect():
                     return
@@ -246,7 +256,7 @@ class CaptureThread(threading.Thread):
             self._attempt, self._delay = 0, self.reconnect_delay
             if frame is None or not isinstance(frame, np.ndarray) or frame.size == 0:
                 self.bad_frames += 1
-                log.debug("bad frame %d from %r skipped", index, self.source)
+                log.debug("bad frame %d from %s skipped", index, self.label)
                 continue
             if self.pace_fps > 0:
                 due = t0 + index / self.pace_fps
@@ -261,26 +271,28 @@ class CaptureThread(threading.Thread):
         Attempts and the backoff delay carry over until a frame is read, so a source that
         opens but never delivers still runs out of attempts."""
         self._release()
+        self.connected = False
         while self.reconnect_attempts < 0 or self._attempt < self.reconnect_attempts:
             self._attempt += 1
             attempt, delay = self._attempt, self._delay
             self._delay = min(delay * 2.0, self.reconnect_max_delay)
             limit = "unlimited" if self.reconnect_attempts < 0 else str(self.reconnect_attempts)
-            log.warning("source %r lost; reconnecting in %.1f s (attempt %d/%s)", self.source, delay, attempt, limit)
+            log.warning("source %s lost; reconnecting in %.1f s (attempt %d/%s)", self.label, delay, attempt, limit)
             if self.halt.wait(delay):
                 return False
             try:
                 cap = self.factory(self.source)
             except Exception as e:  # an opener error is one more failed attempt
-                log.warning("reopening %r failed: %s", self.source, e)
+                log.warning("reopening %s failed: %s", self.label, e)
                 cap = None
             if cap is not None and cap.isOpened():
                 self.cap = cap
                 self.reconnects += 1
-                log.warning("source %r reconnected after %d attempt(s)", self.source, attempt)
+                self.connected = True
+                log.warning("source %s reconnected after %d attempt(s)", self.label, attempt)
                 return True
             if cap is not None:
                 cap.release()
-        log.error("source %r lost; giving up after %d reconnect attempt(s)", self.source, self._attempt)
+        log.error("source %s lost; giving up after %d reconnect attempt(s)", self.label, self._attempt)
         self.lost = True
         return False

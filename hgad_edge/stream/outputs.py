@@ -1,4 +1,4 @@
-"""What the stream loop writes and shows: latency quantiles, JSONL log, annotated video, window."""
+"""What the stream loop writes and shows: latency quantiles, JSONL log, annotated videos, windows."""
 from __future__ import annotations
 
 import json
@@ -34,51 +34,75 @@ class LatencyStats:
         return self.LO * self.RATIO ** (min(i, self.BINS - 1) + 0.5)
 
 
-class _Outputs:
-    """JSONL log, annotated video and window; each optional."""
+class JsonlLog:
+    """The JSONL event log: appended, one JSON object per line, flushed after every line."""
 
-    def __init__(self, cfg, fps: float):  # cfg: hgad_edge.stream.StreamConfig
-        self.cfg, self.fps, self.writer, self.size = cfg, fps, None, None
-        self.jsonl = open(cfg.jsonl, "a", encoding="utf-8", buffering=1) if cfg.jsonl else None
-        self.window = _open_window("hgad-edge stream") if cfg.display else None
-
-    @property
-    def wants_image(self) -> bool:
-        return bool(self.cfg.save or self.window)
+    def __init__(self, path: Optional[str]):
+        self.path = path
+        self._f = open(path, "a", encoding="utf-8", buffering=1) if path else None
 
     def record(self, rec: Dict[str, Any]) -> None:
-        if self.jsonl:
-            self.jsonl.write(json.dumps(rec) + "\n")
-            self.jsonl.flush()
+        if self._f:
+            self._f.write(json.dumps(rec) + "\n")
+            self._f.flush()
 
-    def image(self, frame: np.ndarray) -> bool:
-        """Write/show one annotated frame; False when the user closed the window (q / Esc)."""
+    def close(self) -> None:
+        if self._f:
+            self._f.close()
+            self._f = None
+
+
+class VideoOut:
+    """An annotated mp4v video, opened on the first frame (its size sets the video's)."""
+
+    def __init__(self, path: str, fps: float):
+        self.path, self.fps, self.writer, self.size = path, fps, None, None
+
+    def write(self, frame: np.ndarray) -> None:
         import cv2
 
-        if self.cfg.save:
-            if self.writer is None:
-                self.size = (frame.shape[1], frame.shape[0])
-                self.writer = cv2.VideoWriter(self.cfg.save, cv2.VideoWriter_fourcc(*"mp4v"), self.fps, self.size)
-                if not self.writer.isOpened():
-                    raise OSError(f"cannot write video {self.cfg.save!r} (mp4v codec, {self.size[0]}x{self.size[1]})")
-            if (frame.shape[1], frame.shape[0]) != self.size:  # the source changed resolution
-                frame = cv2.resize(frame, self.size)
-            self.writer.write(frame)
-        if self.window:
-            cv2.imshow(self.window, frame)
-            if cv2.waitKey(1) & 0xFF in (ord("q"), 27):
-                return False
-        return True
+        if self.writer is None:
+            self.size = (frame.shape[1], frame.shape[0])
+            self.writer = cv2.VideoWriter(self.path, cv2.VideoWriter_fourcc(*"mp4v"), self.fps, self.size)
+            if not self.writer.isOpened():
+                raise OSError(f"cannot write video {self.path!r} (mp4v codec, {self.size[0]}x{self.size[1]})")
+        if (frame.shape[1], frame.shape[0]) != self.size:  # the source changed resolution
+            frame = cv2.resize(frame, self.size)
+        self.writer.write(frame)
 
     def close(self) -> None:
         if self.writer is not None:
             self.writer.release()
-        if self.jsonl:
-            self.jsonl.close()
-        if self.window:
-            import cv2
+            self.writer = None
 
-            cv2.destroyWindow(self.window)
+
+class Window:
+    """An OpenCV window (None from ``Window.open`` when there is no display)."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    @classmethod
+    def open(cls, name: str) -> Optional["Window"]:
+        opened = _open_window(name)
+        return cls(opened) if opened else None
+
+    def show(self, frame: np.ndarray) -> None:
+        import cv2
+
+        cv2.imshow(self.name, frame)
+
+    @staticmethod
+    def keep_open() -> bool:
+        """Run the GUI event loop once; False when the user pressed q or Esc."""
+        import cv2
+
+        return not (cv2.waitKey(1) & 0xFF in (ord("q"), 27))
+
+    def close(self) -> None:
+        import cv2
+
+        cv2.destroyWindow(self.name)
 
 
 def _open_window(name: str) -> Optional[str]:

@@ -27,7 +27,8 @@ from hgad_edge.model.hgad import HGAD
 from hgad_edge.preprocess import preprocess
 from hgad_edge.runtime.eager import TorchBackend
 from hgad_edge.runtime.scorer import Scorer
-from hgad_edge.train import distributed
+from hgad_edge.train import distributed, replay
+from hgad_edge.train.defaults import REPLAY_PER_CLASS
 from hgad_edge.train.loss import hgad_losses, total_loss
 
 log = logging.getLogger(__name__)
@@ -97,15 +98,33 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch
 
 
 def _save_checkpoint(path: str, model: HGAD, opt: torch.optim.Optimizer, epoch: int, history: list,
-                     model_cfg: ModelConfig, train_cfg: TrainConfig) -> None:
+                     model_cfg: ModelConfig, train_cfg: TrainConfig, extra: Optional[Dict[str, str]] = None) -> None:
     tensors = {f"model.{k}": v for k, v in model.trainable_state().items()}
     osd = opt.state_dict()
     for idx, st in osd["state"].items():
         for k, v in st.items():
             tensors[f"opt.{idx}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
     meta = {"epoch": str(epoch), "history": json.dumps(history), "model_config": json.dumps(model_cfg.to_dict()),
-            "train_config": json.dumps(_train_dict(train_cfg))}
+            "train_config": json.dumps(_train_dict(train_cfg)), **(extra or {})}
     fileio.save_tensors(path, tensors, metadata=meta)
+
+
+def checkpoint_metadata(path: str) -> Dict[str, str]:
+    """The string metadata of a checkpoint (``ValueError`` naming it when it is damaged)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(path, framework="pt") as f:
+            return dict(f.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ValueError(f"cannot resume from {path}: damaged or not a checkpoint ({e}); "
+                         "delete it to start again") from e
+
+
+def remove_stale_temporaries(out_dir: str) -> None:
+    """Delete checkpoint temporaries of a write that was killed midway (the previous checkpoint is intact)."""
+    for stale in glob.glob(os.path.join(out_dir, "." + CHECKPOINT + ".*.tmp")):
+        os.unlink(stale)
 
 
 def _load_checkpoint(path: str, model: HGAD, opt: torch.optim.Optimizer, model_cfg: ModelConfig):
@@ -195,15 +214,23 @@ def train_epoch(model: HGAD, feats: List[torch.Tensor], labels: torch.Tensor, op
     return {k: v / len(batches) for k, v in sums.items()}
 
 
-def calibrate_model(model: HGAD, images: Sequence[np.ndarray], labels: Sequence[int], class_names: Sequence[str],
-                    batch_size: int, progress: bool) -> dict:
-    """Score held-out normal images with their known class and fit every class's constants."""
+def score_raws(model: HGAD, images: Sequence[np.ndarray], labels: Sequence[Optional[int]], batch_size: int,
+               progress: bool, desc: str = "calibrate") -> list:
+    """``FrameRaw`` of every image scored as the Detector scores it (eager torch), class given
+    (``None``: routed)."""
     model.eval()
     gmms = [GaussianMixture(**model.gmm_arrays(l)) for l in range(model.n_levels)]
     scorer = Scorer(TorchBackend(model), gmms, model.feature_shapes, model.cfg.image_size)
     raws = []
-    for i in tqdm(range(0, len(images), batch_size), desc="calibrate", disable=not progress, leave=False):
-        raws += scorer.raw(images[i:i + batch_size], labels[i:i + batch_size])[0]
+    for i in tqdm(range(0, len(images), batch_size), desc=desc, disable=not progress, leave=False):
+        raws += scorer.raw(images[i:i + batch_size], list(labels[i:i + batch_size]))[0]
+    return raws
+
+
+def calibrate_model(model: HGAD, images: Sequence[np.ndarray], labels: Sequence[int], class_names: Sequence[str],
+                    batch_size: int, progress: bool) -> dict:
+    """Score held-out normal images with their known class and fit every class's constants."""
+    raws = score_raws(model, images, labels, batch_size, progress)
     out = {}
     for c, name in enumerate(class_names):
         mine = [r for r, y in zip(raws, labels) if y == c]
@@ -214,26 +241,37 @@ def calibrate_model(model: HGAD, images: Sequence[np.ndarray], labels: Sequence[
 
 
 def write_artifact(out_dir: str, model: HGAD, model_cfg: ModelConfig, train_cfg: TrainConfig, calibration: dict,
-                   history: list, data_info: Optional[dict] = None) -> Artifact:
-    """Backbone, weights (+ GMM arrays) as safetensors and model.json with checksums."""
+                   history: list, data_info: Optional[dict] = None, target_fpr: Optional[float] = None,
+                   lineage: Optional[list] = None, replay_buffer=None, replay_per_class: int = 0) -> Artifact:
+    """Backbone, weights (+ GMM arrays) as safetensors and model.json with checksums; with
+    ``replay_buffer`` ((features per level, labels), ``hgad_edge.train.replay``) also
+    ``replay.safetensors``. ``lineage``: the ``train --from`` steps (``Artifact.lineage``)."""
     fileio.save_tensors(os.path.join(out_dir, artifact.BACKBONE), model.backbone.body.state_dict())
     weights = dict(model.trainable_state())
     for l in range(model.n_levels):
         for k, v in model.gmm_arrays(l).items():
             weights[f"gmm.{l}.{k}"] = torch.from_numpy(v.copy())
     fileio.save_tensors(os.path.join(out_dir, artifact.WEIGHTS), weights)
+    files = {artifact.BACKBONE: "", artifact.WEIGHTS: ""}
+    if replay_buffer is not None and replay_buffer[1].numel():
+        files[replay.save_buffer(out_dir, replay_buffer[0], replay_buffer[1], model_cfg.class_names,
+                                 replay_per_class)] = ""
     art = Artifact(run_dir=out_dir, model_config=model_cfg, feature_shapes=list(model.feature_shapes),
                    dims=list(model.dims), calibration=calibration, combine=DEFAULT_COMBINE,
-                   target_fpr=train_cfg.target_fpr, files={artifact.BACKBONE: "", artifact.WEIGHTS: ""},
+                   target_fpr=train_cfg.target_fpr if target_fpr is None else target_fpr, files=files,
                    train_config=_train_dict(train_cfg), history=history, data=dict(data_info or {}),
-                   versions=artifact.library_versions())
+                   versions=artifact.library_versions(), lineage=list(lineage or []))
     art.write()
     return art
 
 
 def train(data_root: str, out_dir: str, model_cfg: ModelConfig, train_cfg: TrainConfig, resume: bool = False,
-          backbone_weights: Optional[str] = None, progress: bool = True) -> Artifact:
+          backbone_weights: Optional[str] = None, progress: bool = True,
+          replay_per_class: int = REPLAY_PER_CLASS) -> Artifact:
     """Train one unified model on every class of ``model_cfg.class_names``; returns its artifact.
+
+    ``replay_per_class``: mosaic feature maps per class stored in ``replay.safetensors`` for a
+    later ``train --from`` (``hgad_edge.train.replay``; 0: no buffer).
 
     Inside an initialised process group (``torchrun -m hgad_edge.train``) every rank caches its
     shard only, gradients and feature statistics are all-reduced, and rank 0 alone shows progress,
@@ -263,8 +301,7 @@ def train(data_root: str, out_dir: str, model_cfg: ModelConfig, train_cfg: Train
     opt = make_optimizer(model, train_cfg)
     steps = math.ceil(len(fit_s) / train_cfg.batch_size)
     start, history = 0, []
-    for stale in glob.glob(os.path.join(out_dir, "." + CHECKPOINT + ".*.tmp")):
-        os.unlink(stale)  # a write that was killed midway; the previous checkpoint is intact
+    remove_stale_temporaries(out_dir)
     if resume and os.path.exists(ckpt):
         start, history = _load_checkpoint(ckpt, model, opt, model_cfg)
         log.info("resuming after epoch %d from %s", start, ckpt)
@@ -294,11 +331,19 @@ def train(data_root: str, out_dir: str, model_cfg: ModelConfig, train_cfg: Train
         bar.set_postfix(loss=f"{stats['loss']:.3f}", mi=f"{stats['mi']:.3f}", gi=f"{stats['g_intra']:.3f}")
         if info.is_main:
             _save_checkpoint(ckpt, model, opt, epoch + 1, history, model_cfg, train_cfg)
+    buffer = None
+    if replay_per_class:  # every rank joins: the mosaics are assembled from every shard
+        if train_cfg.augment:
+            feats = cache_features(model, images, train_cfg.batch_size, False)
+        all_labels = torch.tensor([s.class_index for s in fit_s])
+        buffer = replay.build_buffer(feats, all_labels, range(len(model_cfg.class_names)), replay_per_class,
+                                     train_cfg.seed, dist_info)
     if not info.is_main:  # rank 0 calibrates and writes the artifact
         return distributed.broadcast_object(None)
     calibration = calibrate_model(model, calib_images, [s.class_index for s in calib_s], model_cfg.class_names,
                                   train_cfg.batch_size, progress)
     data_info = {"root": os.path.abspath(data_root), "n_train": len(fit_s), "n_calibration": len(calib_s),
                  "calibration_files": [os.path.relpath(s.path, data_root) for s in calib_s]}
-    art = write_artifact(out_dir, model, model_cfg, train_cfg, calibration, history, data_info)
+    art = write_artifact(out_dir, model, model_cfg, train_cfg, calibration, history, data_info,
+                         replay_buffer=buffer, replay_per_class=replay_per_class)
     return distributed.broadcast_object(art) if dist_info is not None else art

@@ -47,7 +47,7 @@ def test_v1_artifact_reads_with_its_checksums(v1_run):
     art = Artifact.read(v1_run)  # verifies the old writer's checksums
     assert art.class_names == ["grass", "retina"] and art.model_config.pool == (3,)
     assert art.combine == "position" and art.exports == {}
-    assert art.to_dict()["format_version"] == artifact.FORMAT_VERSION == 2
+    assert art.to_dict()["format_version"] == artifact.FORMAT_VERSION == 3
 
 
 def test_v1_artifact_scores_as_the_old_code_did(v1_run):
@@ -75,6 +75,7 @@ def test_every_version_ever_written_migrates():
     m = migrate(old)
     assert m["format_version"] == artifact.FORMAT_VERSION and old["format_version"] == 1  # input untouched
     assert m["exports"]["onnxruntime"]["status"] == "passed"  # from its validation record
+    assert m["exports"]["onnxruntime"]["variants"] == {}  # v2 → v3: fp32 graphs only, no precision variant
     # the schema changes v1 absorbed without a bump: no combine, no pool, no exports, no validation
     bare = {k: v for k, v in old.items() if k not in ("combine", "exports", "target_fpr")}
     bare["model_config"] = {k: v for k, v in old["model_config"].items() if k != "pool"}
@@ -83,6 +84,12 @@ def test_every_version_ever_written_migrates():
     unvalidated = dict(old, exports={"onnxruntime": {k: v for k, v in old["exports"]["onnxruntime"].items()
                                                      if k != "validation"}})
     assert migrate(unvalidated)["exports"]["onnxruntime"]["status"] == "unvalidated"
+    v2 = dict(old, format_version=2, exports={"onnxruntime": dict(old["exports"]["onnxruntime"], status="passed")})
+    m = migrate(v2)
+    assert m["format_version"] == 3 and m["exports"]["onnxruntime"]["variants"] == {}
+    art = Artifact.from_dict(m, "run")
+    assert art.variants() == {("onnxruntime", "fp32"): m["exports"]["onnxruntime"]}
+    assert art.usable_precisions("onnxruntime") == ["fp32"] and art.calibration_of("onnxruntime", "fp32") is art.calibration
     assert set(artifact.MIGRATIONS) == set(range(1, artifact.FORMAT_VERSION))  # a step for every old version
     with pytest.raises(ArtifactError, match="newer than this hgad_edge"):
         migrate(dict(old, format_version=artifact.FORMAT_VERSION + 1))

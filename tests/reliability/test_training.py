@@ -22,6 +22,7 @@ from safetensors.torch import load_file
 from hgad_edge import fileio, artifact
 from hgad_edge.cli.commands import main as cli_main
 from hgad_edge.evaluation.evaluator import evaluate
+from hgad_edge.train import replay
 from hgad_edge.train.loop import CHECKPOINT, train
 
 from .conftest import TINY_CLI, one_thread, tiny_configs
@@ -152,7 +153,7 @@ def test_kill_9_mid_checkpoint_write_keeps_the_previous_checkpoint(tiny_root, ti
                      *TINY_CLI]) == 0
     _assert_same_model(out, tiny_run, tiny_root)
     visible = sorted(n for n in os.listdir(out) if not n.startswith("."))
-    assert visible == sorted([artifact.META, artifact.WEIGHTS, artifact.BACKBONE, CHECKPOINT])
+    assert visible == sorted([artifact.META, artifact.WEIGHTS, artifact.BACKBONE, replay.REPLAY, CHECKPOINT])
 
 
 def test_write_that_fails_part_way_keeps_the_previous_checkpoint(tiny_root, tiny_run, tmp_path, monkeypatch):

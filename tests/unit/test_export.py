@@ -208,7 +208,13 @@ def test_make_backend_errors(tmp_path):
     with pytest.raises(RuntimeError, match="hgad-edge export"):
         make_backend("onnxruntime", _artifact(tmp_path))
     with pytest.raises(ValueError, match="unknown backend"):
-        make_backend("openvino", _artifact(tmp_path))
+        make_backend("coreml", _artifact(tmp_path))
+    with pytest.raises(RuntimeError, match="--format openvino --precision fp32"):
+        make_backend("openvino", _artifact(tmp_path))  # not exported
+    with pytest.raises(ValueError, match="unknown precision 'fp8'"):
+        make_backend("onnxruntime", _artifact(tmp_path), precision="fp8")
+    with pytest.raises(ValueError, match="runs \\('fp32', 'bf16', 'int8'\\), not 'fp16'"):
+        make_backend("openvino", _artifact(tmp_path), precision="fp16")
     failed = {"onnxruntime": {"status": "failed", "files": {}, "validation": {"max_rel_err": {"z": 0.5},
                                                                           "tolerance": 1e-3}}}
     with pytest.raises(RuntimeError, match="failed validation"):
@@ -305,9 +311,20 @@ def test_export_config_names_the_valid_options():
     from hgad_edge.export.pipeline import ExportConfig
 
     with pytest.raises(ValueError, match="onnx"):
-        ExportConfig(formats=("openvino",))
+        ExportConfig(formats=("coreml",))
     with pytest.raises(ValueError, match="fp16"):
         ExportConfig(precisions=("fp8",))
+    with pytest.raises(ValueError, match="built by none of the formats"):
+        ExportConfig(formats=("onnx",), precisions=("fp16",))  # fp16 is TensorRT's
+    with pytest.raises(ValueError, match="on_gate_fail"):
+        ExportConfig(on_gate_fail="ignore")
+    with pytest.raises(ValueError, match="max_drop"):
+        ExportConfig(max_drop=-0.1)
+    cfg = ExportConfig(formats=("onnx", "openvino", "tensorrt"), precisions=("fp16", "int8", "bf16"))
+    assert cfg.precisions_for("onnx") == ("int8", "bf16") and cfg.precisions_for("tensorrt") == ("fp16", "int8")
+    assert cfg.precisions_for("openvino") == ("int8", "bf16")
+    assert ExportConfig(formats=("tensorrt",)).precisions_for("tensorrt") == ("fp16",)  # the old default
+    assert ExportConfig(formats=("tensorrt",)).precisions_for("onnx") == ()  # not asked for: no ORT variant
     with pytest.raises(ValueError, match="max_batch"):
         ExportConfig(max_batch=0)
 
