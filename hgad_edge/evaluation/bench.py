@@ -270,6 +270,8 @@ def run_bench(run_dir: str, data_root: str, device: str = "auto", threads: Optio
                 bad.append(f"image AUROC {row.image_auroc:.3f} vs torch {ref_auroc:.3f}")
             if bad:
                 row.status, row.reason = FAILED_VALIDATION, "; ".join(bad)
+        else:  # no torch row ran (e.g. torch without CUDA on --device cuda): say it was not compared
+            row.reason = "not compared: the torch reference row did not run"
     return rows
 
 
