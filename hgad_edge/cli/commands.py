@@ -60,14 +60,14 @@ def _cmd_make_demo_data(a: argparse.Namespace) -> int:
     return 0
 
 
-def _train_config(a: argparse.Namespace, epochs: int, target_fpr: float) -> TrainConfig:
-    return TrainConfig(epochs=epochs, batch_size=a.batch_size, lr=a.lr, lambda2=a.lambda_mi, seed=a.seed,
+def _train_config(a: argparse.Namespace, epochs: int, target_fpr: float, batch_size: int) -> TrainConfig:
+    return TrainConfig(epochs=epochs, batch_size=batch_size, lr=a.lr, lambda2=a.lambda_mi, seed=a.seed,
                        augment=a.augment, target_fpr=target_fpr, calib_fraction=a.calib_fraction)
 
 
 def _cmd_add_classes(a: argparse.Namespace) -> int:
     """``train --from RUN --classes new,...``: add classes to a trained model (hgad_edge.train.extend)."""
-    from hgad_edge.train.defaults import ADD_EPOCHS
+    from hgad_edge.train.defaults import ADD_BATCH_SIZE, ADD_EPOCHS
     from hgad_edge.train.extend import add_classes
 
     given = getattr(a, "_given", set())
@@ -78,7 +78,7 @@ def _cmd_add_classes(a: argparse.Namespace) -> int:
     if not a.classes:
         raise ValueError("--from needs --classes: the comma-separated classes to add to the model")
     epochs = a.epochs if "epochs" in given else ADD_EPOCHS
-    tcfg = _train_config(a, epochs, a.target_fpr)
+    tcfg = _train_config(a, epochs, a.target_fpr, a.batch_size if "batch_size" in given else ADD_BATCH_SIZE)
     art = add_classes(a.from_run, a.data, a.classes, a.out, tcfg, resume=a.resume, progress=not a.quiet,
                       replay=a.replay, target_fpr=a.target_fpr if "target_fpr" in given else None,
                       replay_per_class=a.replay_buffer if "replay_buffer" in given else None)
@@ -103,7 +103,7 @@ def _cmd_train(a: argparse.Namespace) -> int:
     mcfg = ModelConfig(class_names=classes, backbone=a.backbone, image_size=a.image_size,
                        levels=a.levels or defaults.levels, coupling_blocks=a.coupling_blocks, n_intra=a.n_intra,
                        pad=a.pad, pool=a.pool or ())
-    tcfg = _train_config(a, a.epochs, a.target_fpr)
+    tcfg = _train_config(a, a.epochs, a.target_fpr, a.batch_size)
     art = train(a.data, a.out, mcfg, tcfg, resume=a.resume, backbone_weights=a.weights, progress=not a.quiet,
                 replay_per_class=a.replay_buffer)
     last = art.history[-1] if art.history else {}
@@ -179,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = ModelConfig(class_names=("x",))
     t = TrainConfig()
-    from hgad_edge.train.defaults import ADD_EPOCHS, REPLAY_MODES, REPLAY_PER_CLASS
+    from hgad_edge.train.defaults import ADD_BATCH_SIZE, ADD_EPOCHS, REPLAY_MODES, REPLAY_PER_CLASS
 
     s = sub.add_parser("train", formatter_class=fmt, help="train one unified model on normal images of every class "
                        "(or add classes to a trained one: --from)")
@@ -212,7 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n-intra", type=int, default=d.n_intra, action=_Store, help="intra-class centers K per class")
     s.add_argument("--epochs", type=int, default=t.epochs, action=_Store,
                    help=f"training epochs (with --from: fine-tuning epochs, default {ADD_EPOCHS})")
-    s.add_argument("--batch-size", type=int, default=t.batch_size)
+    s.add_argument("--batch-size", type=int, default=t.batch_size, action=_Store,
+                   help=f"images per optimizer step (with --from: default {ADD_BATCH_SIZE})")
     s.add_argument("--lr", type=float, default=t.lr, help="flow learning rate (centers get 3×); official HGAD: 2e-4")
     s.add_argument("--lambda-mi", type=float, default=t.lambda2,
                    help="weight λ2 of the mutual-information loss; official HGAD: 100")

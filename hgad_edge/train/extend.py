@@ -43,7 +43,8 @@ from hgad_edge.model.hgad import HGAD
 from hgad_edge.postprocess import score_map
 from hgad_edge.runtime.eager import load_model
 from hgad_edge.train import distributed, loop, replay as replay_mod
-from hgad_edge.train.defaults import ADD_EPOCHS, DRIFT_TOL, FLOW_LR_MULT, REPLAY_MODES, REPLAY_PER_CLASS
+from hgad_edge.train.defaults import (ADD_EPOCHS, DRIFT_TOL, FLOW_LR_MULT, REPLAY_MODES, REPLAY_PER_CLASS,
+                                      REPLAY_PER_EPOCH)
 
 log = logging.getLogger(__name__)
 
@@ -242,7 +243,8 @@ def _raws(model: HGAD, images, labels, batch_size: int, progress: bool, desc: st
 def add_classes(parent_dir: str, data_root: str, new_classes, out_dir: str, train_cfg: TrainConfig,
                 resume: bool = False, progress: bool = True, replay: str = "auto",
                 flow_lr_mult: float = FLOW_LR_MULT, target_fpr: Optional[float] = None,
-                replay_per_class: Optional[int] = None, drift_tol: float = DRIFT_TOL) -> Artifact:
+                replay_per_class: Optional[int] = None, drift_tol: float = DRIFT_TOL,
+                replay_per_epoch: int = REPLAY_PER_EPOCH) -> Artifact:
     """Add ``new_classes`` (from ``data_root``) to the model in ``parent_dir``; write ``out_dir``.
 
     ``train_cfg`` is the fine-tuning: its ``epochs`` (``ADD_EPOCHS`` from the CLI by default),
@@ -277,14 +279,21 @@ def add_classes(parent_dir: str, data_root: str, new_classes, out_dir: str, trai
     calib_images = loop.load_images(calib_new, progress, "load calibration") if info.is_main else []
     old_calib_images = loop.load_images(old_calib, progress, "load old calibration") if info.is_main else []
 
-    image_samples = list(fit_new) + [s for s in old_fit if s.class_name in plan.image_classes]
+    # One epoch's samples, in global order: the new classes' training images, then fresh mosaics of
+    # the old classes replayed from their images (drawn anew every epoch from all their images'
+    # features), then the parent's buffer rows of the old classes replayed from it.
+    old_img = [s for s in old_fit if s.class_name in plan.image_classes]
+    old_img_labels = torch.tensor([s.class_index for s in old_img], dtype=torch.long)
+    image_classes = [old.index(c) for c in plan.image_classes]
+    n_new, n_mos = len(fit_new), replay_per_epoch * len(image_classes)
     buf_feats, buf_labels = None, torch.zeros(0, dtype=torch.long)
     if plan.buffer_classes:
         rows = torch.isin(buffer[1], torch.tensor([old.index(c) for c in plan.buffer_classes]))
         buf_feats, buf_labels = [f[rows] for f in buffer[0]], buffer[1][rows]
-    n_img, n_total = len(image_samples), len(image_samples) + int(buf_labels.numel())
-    if dist_info is not None and n_total < info.world:
-        raise ValueError(f"{n_total} training samples cannot be shared by {info.world} processes")
+    n_total = n_new + n_mos + int(buf_labels.numel())
+    if dist_info is not None and min(n_new, len(old_img) or info.world) < info.world:
+        raise ValueError(f"{n_new} new / {len(old_img)} old training images cannot be shared by {info.world} "
+                         "processes")
     os.makedirs(out_dir, exist_ok=True)
     ckpt = os.path.join(out_dir, loop.CHECKPOINT)
     digest = parent_digest(parent)
@@ -307,43 +316,63 @@ def add_classes(parent_dir: str, data_root: str, new_classes, out_dir: str, trai
         log.info("--resume: no checkpoint in %s yet, starting from the parent", out_dir)
     sched = loop.make_scheduler(opt, train_cfg, steps, start * steps)
 
-    shard = distributed.shard(n_total, info)
-    mine_img = [image_samples[i] for i in shard if i < n_img]
-    mine_buf = torch.tensor([i - n_img for i in shard if i >= n_img], dtype=torch.long)
-    labels = torch.cat([torch.tensor([s.class_index for s in mine_img], dtype=torch.long), buf_labels[mine_buf]])
-    images = loop.load_images(mine_img, progress, "load train")
+    # This rank's part: global index i with i % world == rank (distributed.shard), per segment.
+    mine_new = [fit_new[i] for i in distributed.shard(n_new, info)]
+    mine_old = [old_img[i] for i in distributed.shard(len(old_img), info)]
+    mine_mos = torch.tensor([j for j in range(n_mos) if (n_new + j) % info.world == info.rank], dtype=torch.long)
+    mine_buf = torch.tensor([j for j in range(int(buf_labels.numel()))
+                             if (n_new + n_mos + j) % info.world == info.rank], dtype=torch.long)
+    new_images = loop.load_images(mine_new, progress, "load new")
+    old_images = loop.load_images(mine_old, progress, "load old (replay)")
+    new_labels = torch.tensor([s.class_index for s in mine_new], dtype=torch.long)
 
-    def features(augment=None) -> List[torch.Tensor]:
-        f = loop.cache_features(model, images, train_cfg.batch_size, progress and augment is None, augment)
-        if buf_feats is None:
-            return f
-        return [torch.cat([a, b[mine_buf]]) for a, b in zip(f, buf_feats)]
+    def image_features(augment=None) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+        bs, show = train_cfg.batch_size, progress and augment is None
+        new_f = loop.cache_features(model, new_images, bs, show, augment)
+        old_f = loop.cache_features(model, old_images, bs, show, augment) if old_images else [f[:0] for f in new_f]
+        return new_f, old_f
 
-    feats = features()
+    def epoch_samples(epoch: int, new_f, old_f) -> Tuple[List[torch.Tensor], torch.Tensor]:
+        parts, labels = [list(new_f)], [new_labels]
+        if n_mos:
+            mos, mos_y = replay_mod.build_buffer(old_f, old_img_labels, image_classes, replay_per_epoch,
+                                                 train_cfg.seed * 7919 + 31 * epoch + 17, dist_info)
+            parts.append([m[mine_mos].float() for m in mos])
+            labels.append(mos_y[mine_mos])
+        if buf_feats is not None:
+            parts.append([b[mine_buf] for b in buf_feats])
+            labels.append(buf_labels[mine_buf])
+        return [torch.cat([p[l] for p in parts]) for l in range(len(new_f))], torch.cat(labels)
+
+    new_f, old_f = image_features()
     bar = tqdm(range(start, train_cfg.epochs), desc="add classes", disable=not progress, initial=start,
                total=train_cfg.epochs)
     meta = {"parent": json.dumps(digest, sort_keys=True)}
     for epoch in bar:
         if train_cfg.augment:
             g = torch.Generator().manual_seed(train_cfg.seed * 7919 + epoch + 1000003 * info.rank)
-            feats = features(g)
+            new_f, old_f = image_features(g)
+        feats, labels = epoch_samples(epoch, new_f, old_f)
         stats = loop.train_epoch(model, feats, labels, opt, sched, train_cfg, epoch, progress, dist_info, n_total)
         history.append({"epoch": epoch + 1, **{k: round(v, 6) for k, v in stats.items()}})
         bar.set_postfix(loss=f"{stats['loss']:.3f}", mi=f"{stats['mi']:.3f}", gi=f"{stats['g_intra']:.3f}")
         if info.is_main:
             loop._save_checkpoint(ckpt, model, opt, epoch + 1, history, mcfg, train_cfg, extra=meta)
 
-    # The child's replay buffer: fresh mosaics of every class trained from images in this run, the
-    # parent's rows for the others (every rank joins the all-reduce that assembles them).
+    # The child's replay buffer: fresh mosaics of every class trained from images here, the parent's
+    # rows for the others (every rank joins the all-reduce that assembles them).
     per_class = replay_per_class if replay_per_class is not None else (
         buffer[2] if buffer is not None else REPLAY_PER_CLASS)
     new_buf = None
     if per_class:
-        image_feats = (loop.cache_features(model, images, train_cfg.batch_size, False) if train_cfg.augment
-                       else [f[:len(mine_img)] for f in feats])
-        img_labels = torch.tensor([s.class_index for s in image_samples], dtype=torch.long)
-        new_buf = replay_mod.build_buffer(image_feats, img_labels, sorted(set(img_labels.tolist())), per_class,
-                                          train_cfg.seed, dist_info)
+        if train_cfg.augment:
+            new_f, old_f = image_features()
+        new_buf = replay_mod.build_buffer(new_f, torch.tensor([s.class_index for s in fit_new]),
+                                          list(range(n_old, len(mcfg.class_names))), per_class, train_cfg.seed,
+                                          dist_info)
+        if old_img:
+            new_buf = replay_mod.merge(new_buf, replay_mod.build_buffer(old_f, old_img_labels, image_classes,
+                                                                        per_class, train_cfg.seed, dist_info))
         if buffer is not None:
             new_buf = replay_mod.merge((buffer[0], buffer[1]), new_buf)
     if not info.is_main:
@@ -387,7 +416,8 @@ def add_classes(parent_dir: str, data_root: str, new_classes, out_dir: str, trai
     step = {"parent": {"run_dir": os.path.abspath(parent_dir), **digest, "classes": list(old)},
             "added_classes": list(new), "epochs": int(train_cfg.epochs), "flow_lr_mult": float(flow_lr_mult),
             "replay": {"kind": plan.kind, "image_classes": list(plan.image_classes),
-                       "buffer_classes": list(plan.buffer_classes), "images": n_img - len(fit_new),
+                       "buffer_classes": list(plan.buffer_classes), "images": len(old_img),
+                       "mosaics_per_epoch": n_mos,
                        "buffer_samples": int(buf_labels.numel()),
                        "buffer_mb": round(replay_mod.size_mb(buf_feats) if buf_feats is not None else 0.0, 3)},
             "calibration": {"drift_tolerance": drift_tol, "drift": drift, "recalibrated": recalibrated,

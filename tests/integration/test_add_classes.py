@@ -23,6 +23,7 @@ from hgad_edge.data.demo import make_demo_data
 from hgad_edge.detector import Detector
 from hgad_edge.runtime.eager import load_model
 from hgad_edge.train import distributed, loop, replay
+from hgad_edge.train.defaults import REPLAY_PER_EPOCH
 from hgad_edge.train.extend import add_classes, score_drift
 
 OLD, NEW = ("brick", "grass"), ("retina",)
@@ -70,6 +71,7 @@ def test_adding_a_class_appends_it_and_records_the_lineage(parent, child):
     assert step["parent"]["classes"] == list(OLD) and step["added_classes"] == list(NEW)
     assert step["epochs"] == 2 and [h["epoch"] for h in c.history] == [1, 2]
     assert step["replay"]["kind"] == "images" and step["replay"]["images"] == 2 * 6
+    assert step["replay"]["mosaics_per_epoch"] == 2 * REPLAY_PER_EPOCH
     assert not p.lineage and replay.REPLAY in c.files
     # the network is the parent's: same config apart from the classes, same flow-input statistics
     assert dataclasses.replace(c.model_config, class_names=p.model_config.class_names) == p.model_config
