@@ -1,11 +1,23 @@
-"""Atomic file writes and checksums: a crash mid-write never leaves a half-written file."""
+"""Atomic file writes, strict JSON, the output-path guard and checksums.
+
+A crash mid-write never leaves a half-written file; a temporary file is created exclusively
+(``mkstemp`` in the target directory, never a fixed name a link could be planted at) and gets the
+permissions any other new file would get (``0666 & ~umask``, not ``mkstemp``'s 0600).
+"""
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write(path: str, write: Callable[[str], None]) -> None:
@@ -13,6 +25,7 @@ def atomic_write(path: str, write: Callable[[str], None]) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    os.fchmod(fd, 0o666 & ~_umask())
     os.close(fd)
     try:
         write(tmp)
@@ -33,8 +46,53 @@ def write_bytes(path: str, data: bytes) -> None:
     atomic_write(path, _w)
 
 
+def finite(obj: Any) -> Any:
+    """``obj`` with every non-finite float (NaN, ±inf; numpy scalars too) replaced by ``None`` and
+    numpy scalars/arrays turned into Python numbers/lists, so it serialises as strict JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Mapping):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    if hasattr(obj, "tolist") and type(obj).__module__ == "numpy":
+        return finite(obj.tolist())
+    return obj
+
+
+def dumps(obj: Any, **kw: Any) -> str:
+    """THE JSON writer of every output (files, JSONL, HTTP, MQTT): strict JSON, no bare ``NaN``
+    (non-finite numbers become ``null``, see :func:`finite`)."""
+    return json.dumps(finite(obj), allow_nan=False, **kw)
+
+
 def write_json(path: str, obj: Any) -> None:
-    write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+    write_bytes(path, (dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def _same(a: str, b: str) -> bool:
+    ra, rb = os.path.realpath(a), os.path.realpath(b)
+    if ra == rb:
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_outputs(outputs: Mapping[str, Optional[str]], inputs: Mapping[str, Optional[str]] = {}) -> None:
+    """THE output-path guard: refuse (``ValueError`` naming both) an output that is one of the
+    inputs or another output of the same run, through links and relative paths. ``None`` entries
+    (an output not asked for) are ignored; the names are the flags as the user typed them."""
+    outs = [(k, v) for k, v in outputs.items() if v]
+    ins = [(k, v) for k, v in inputs.items() if v]
+    for i, (name, path) in enumerate(outs):
+        for other, src in ins:
+            if _same(path, src):
+                raise ValueError(f"{name} {path} is the input {other} {src}: refusing to overwrite an input")
+        for other, dst in outs[i + 1:]:
+            if _same(path, dst):
+                raise ValueError(f"{name} {path} and {other} {dst} are the same file: give each output its own path")
 
 
 def save_tensors(path: str, tensors: Dict[str, Any], metadata: Dict[str, str] | None = None) -> None:
