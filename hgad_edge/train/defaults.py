@@ -6,7 +6,7 @@
 REPLAY_PER_CLASS = 16
 # ``train --from``: fine-tuning epochs, the flows' learning rate relative to ``--lr``, the replay.
 ADD_EPOCHS = 10
-ADD_BATCH_SIZE = 4
+ADD_BATCH_SIZE = 2
 FLOW_LR_MULT = 1.0
 REPLAY_MODES = ("auto", "images", "buffer", "none")
 # Old classes replayed from their images: this many fresh mosaics per class and epoch.
