@@ -185,11 +185,21 @@ class BatchLoop:
 
     def _score(self, batch) -> bool:
         """Score one batch and emit everything about it; False when a window was closed."""
-        crops, boxes = [], []
-        for s, (_, frame, _) in batch:
-            crop, box = _crop(frame, s.spec.roi)
+        crops, boxes, kept = [], [], []
+        for s, item in batch:
+            try:
+                crop, box = _crop(item[1], s.spec.roi)
+            except ValueError as e:  # a frame the ROI does not fit (the source changed size): counted, skipped
+                n = s.bad("roi_outside_frame")
+                if n == 10 ** (len(str(n)) - 1):  # the 1st, 10th, 100th ...: a resized camera must not flood the log
+                    log.warning("source %s frame %d skipped (%d such frames so far): %s", s.id, item[0], n, e)
+                continue
             crops.append(crop)
             boxes.append(box)
+            kept.append((s, item))
+        batch = kept
+        if not batch:
+            return True
         t0 = time.perf_counter()
         results = score_batch(self.detector, crops, [s.spec.class_name for s, _ in batch])
         t1 = time.perf_counter()
@@ -201,7 +211,7 @@ class BatchLoop:
         windows = False
         for (s, (index, frame, t_cap)), box, r in zip(batch, boxes, results):
             if isinstance(r, ValueError):  # a frame the detector cannot take: counted, skipped
-                s.rejected += 1
+                s.bad("rejected")
                 log.warning("source %s frame %d skipped: %s", s.id, index, r)
                 continue
             r = s.thresholds.apply(r)

@@ -7,12 +7,13 @@ URL, GStreamer pipeline: a failed read means the source was lost → reconnect) 
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 import time
 from collections import deque
-from typing import Any, Callable, Deque, List, Optional, Tuple, Union
+from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -24,6 +25,23 @@ Source = Union[int, str]
 CaptureFactory = Callable[[Source], Any]
 URL_TIMEOUT_MS = 10000  # FFmpeg open/read timeout of URL sources
 END = object()  # put by the capture thread after the last frame
+MAX_CAMERA_INDEX = 99  # OpenCV reads an index >= 100 as backend * 100 + index (200 = V4L2 camera 0)
+# A file or folder read past failed reads (a corrupt stretch): it has ended only after this many
+# failed reads in a row, or this many seconds of them, whichever comes first.
+READ_FAILURES, READ_FAILURE_S = 100, 10.0
+# The first bytes of what OpenCV/FFmpeg open as a video file or image: (name, offset, bytes).
+# Anything else (a text file, which FFmpeg's tty demuxer would "play") is refused at start.
+SIGNATURES = (
+    ("AVI", 8, b"AVI "), ("AVI", 8, b"AVIX"), ("MP4/MOV", 4, b"ftyp"), ("MP4/MOV", 4, b"moov"), ("MP4/MOV", 4, b"mdat"),
+    ("MP4/MOV", 4, b"wide"), ("MP4/MOV", 4, b"free"), ("MP4/MOV", 4, b"skip"), ("MKV/WebM", 0, b"\x1a\x45\xdf\xa3"),
+    ("MPEG-PS/H.264/H.265", 0, b"\x00\x00\x01"), ("MPEG-PS/H.264/H.265", 0, b"\x00\x00\x00\x01"),
+    ("FLV", 0, b"FLV"), ("Ogg", 0, b"OggS"), ("ASF/WMV", 0, b"\x30\x26\xb2\x75\x8e\x66\xcf\x11"),
+    ("MXF", 0, b"\x06\x0e\x2b\x34"), ("Y4M", 0, b"YUV4MPEG2"), ("IVF", 0, b"DKIF"), ("RealMedia", 0, b".RMF"),
+    ("NUT", 0, b"nut/multimedia"), ("HLS playlist", 0, b"#EXTM3U"), ("JPEG/MJPEG", 0, b"\xff\xd8\xff"),
+    ("PNG", 0, b"\x89PNG\r\n\x1a\n"), ("GIF", 0, b"GIF8"), ("BMP", 0, b"BM"), ("TIFF", 0, b"II*\x00"),
+    ("TIFF", 0, b"MM\x00*"), ("WebP", 8, b"WEBP"), ("JPEG 2000", 4, b"jP  "), ("JPEG 2000", 0, b"\xff\x4f\xff\x51"),
+    ("PNM", 0, b"P5"), ("PNM", 0, b"P6"), ("OpenEXR", 0, b"\x76\x2f\x31\x01"))
+TS_PACKETS = ((0, 188), (4, 192))  # MPEG-TS / M2TS: a sync byte 0x47 at these two offsets
 
 
 class SourceError(RuntimeError):
@@ -45,6 +63,64 @@ def source_kind(source: Source) -> str:
 
 def is_live(source: Source) -> bool:
     return source_kind(source) in ("camera", "pipeline", "url")
+
+
+def check_camera_index(index: Any) -> int:
+    """``index`` when it is a camera index OpenCV opens as /dev/videoN; else a ``ValueError``."""
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index <= MAX_CAMERA_INDEX:
+        raise ValueError(f"camera index must be an integer 0-{MAX_CAMERA_INDEX} (/dev/videoN), got {index!r}")
+    return index
+
+
+def file_format(path: str) -> Optional[str]:
+    """The video container or image format the first bytes of ``path`` show, else None."""
+    with open(path, "rb") as f:
+        head = f.read(256)
+    for name, offset, magic in SIGNATURES:
+        if head[offset:offset + len(magic)] == magic:
+            return name
+    if any(len(head) > b and head[a] == head[b] == 0x47 for a, b in TS_PACKETS):
+        return "MPEG-TS"
+    return None
+
+
+def _check_file(source: str) -> None:
+    """A regular file given as a source must look like a video or an image (FFmpeg plays a
+    text file as a rendered "video"); devices and FIFOs go to OpenCV as they are."""
+    if not os.path.isfile(source):
+        return
+    try:
+        fmt = file_format(source)
+        empty = os.path.getsize(source) == 0
+    except OSError as e:
+        raise SourceError(f"cannot open file source {source!r}: {e.strerror or e}") from None
+    if empty:
+        raise SourceError(f"cannot open file source {source!r}: the file is empty")
+    if fmt is None:
+        known = ", ".join(dict.fromkeys(name for name, _, _ in SIGNATURES))
+        raise SourceError(f"cannot open file source {source!r}: not a video or image (its first bytes match none "
+                          f"of {known}, MPEG-TS)")
+
+
+_OPENCV_LOG_LOCK = threading.Lock()  # OpenCV's log level is one per process
+
+
+@contextlib.contextmanager
+def _quiet_opencv() -> Iterator[None]:
+    """OpenCV's own warnings off while a source is opened (the error we raise says it in one
+    line); left on with debug logging."""
+    import cv2
+
+    if log.isEnabledFor(logging.DEBUG):
+        yield
+        return
+    with _OPENCV_LOG_LOCK:
+        level = cv2.utils.logging.getLogLevel()
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+        try:
+            yield
+        finally:
+            cv2.utils.logging.setLogLevel(level)
 
 
 class FolderCapture:
@@ -114,13 +190,17 @@ def open_checked(source: Source, factory: Optional[CaptureFactory] = None) -> An
                               "a camera index via --camera, an rtsp:// or http:// URL, or a GStreamer pipeline)")
         if kind == "folder" and not FolderCapture(str(source)).isOpened():
             raise SourceError(f"source {source!r}: folder holds no images ({', '.join(IMAGE_EXTENSIONS)})")
-        factory = open_capture
-    cap = factory(source)
+        if kind == "file":
+            _check_file(str(source))
+        with _quiet_opencv():
+            cap = open_capture(source)
+    else:
+        cap = factory(source)
     if cap is None or not cap.isOpened():
         if cap is not None:
             cap.release()
         hint = ""
-        if kind == "pipeline" and factory is open_capture and not _has_gstreamer():
+        if kind == "pipeline" and factory in (None, open_capture) and not _has_gstreamer():
             hint = (" — this OpenCV build has no GStreamer support (see cv2.getBuildInformation()); "
                     "on a Jetson use the system OpenCV that JetPack ships")
         elif kind == "camera":
@@ -197,21 +277,29 @@ class CaptureThread(threading.Thread):
     Items are ``(index, frame, capture_time)``; ``index`` counts every frame the source
     delivered (including bad and dropped ones). ``pace_fps`` > 0 releases frames at that rate
     (``--realtime`` on a file). After the thread ends, ``lost`` says whether a live source was
-    given up on after ``reconnect_attempts`` (< 0: forever).
+    given up on after ``reconnect_attempts`` (< 0: forever), or a file ended before its
+    ``expected_frames`` (the container's frame count; 0: unknown).
+
+    A file or folder is read past failed reads (a corrupt stretch): those that a good frame
+    follows are bad frames (``bad_reasons["unreadable"]``); it has ended only after
+    ``READ_FAILURES`` failed reads in a row (or ``READ_FAILURE_S`` seconds of them). Frames its
+    container promised but that never came are counted as unreadable too.
     """
 
     def __init__(self, cap: Any, source: Source, buffer: FrameBuffer, halt: threading.Event,
                  factory: CaptureFactory, live: bool, pace_fps: float = 0.0, reconnect_attempts: int = 10,
                  reconnect_delay: float = 0.5, reconnect_max_delay: float = 10.0, name: str = "hgad-capture",
-                 label: Optional[str] = None):
+                 label: Optional[str] = None, expected_frames: int = 0):
         super().__init__(name=name, daemon=True)
         self.cap, self.source, self.buffer, self.halt = cap, source, buffer, halt
         self.label = label or repr(source)  # how logs name the source (a URL without its password)
         self.factory, self.live, self.pace_fps = factory, live, pace_fps
         self.reconnect_attempts = reconnect_attempts
         self.reconnect_delay, self.reconnect_max_delay = reconnect_delay, reconnect_max_delay
+        self.expected_frames = expected_frames
         self.frames_read = 0
         self.bad_frames = 0
+        self.bad_reasons: Dict[str, int] = {}  # why they were bad: "unreadable", "empty"
         self.reconnects = 0
         self.lost = False
         self.connected = True  # False while reconnecting
@@ -240,22 +328,36 @@ class CaptureThread(threading.Thread):
             log.warning("reading source %s failed: %s", self.label, e)
             return False, None
 
+    def _bad(self, reason: str, n: int = 1) -> None:
+        self.bad_reasons[reason] = self.bad_reasons.get(reason, 0) + n
+        self.bad_frames += n
+
     def _loop(self) -> None:
         t0 = time.perf_counter()
+        failed, failed_since = 0, 0.0  # failed reads in a row of a file/folder, since when
         while not self.halt.is_set():
             ok, frame = self._read()
             if not ok:
                 if not self.live:
-                    log.info("end of source %s after %d frames", self.label, self.frames_read)
+                    failed, failed_since = failed + 1, failed_since if failed else time.perf_counter()
+                    if failed < READ_FAILURES and time.perf_counter() - failed_since < READ_FAILURE_S:
+                        continue
+                    self._ended()
                     return
                 if not self._reconnect():
                     return
                 continue
+            if failed:  # a corrupt stretch the file recovered from: each failed read was a frame
+                log.warning("source %s: frames %d-%d unreadable (skipped, counted as bad frames)", self.label,
+                            self.frames_read, self.frames_read + failed - 1)
+                self.frames_read += failed
+                self._bad("unreadable", failed)
+                failed = 0
             index = self.frames_read
             self.frames_read += 1
             self._attempt, self._delay = 0, self.reconnect_delay
             if frame is None or not isinstance(frame, np.ndarray) or frame.size == 0:
-                self.bad_frames += 1
+                self._bad("empty")
                 log.debug("bad frame %d from %s skipped", index, self.label)
                 continue
             if self.pace_fps > 0:
@@ -264,6 +366,18 @@ class CaptureThread(threading.Thread):
                     return
             if not self.buffer.put((index, frame, time.time()), self.halt):
                 return
+
+    def _ended(self) -> None:
+        """A file or folder gave no more frames: its end, or fewer than its container said."""
+        missing = self.expected_frames - self.frames_read
+        if missing <= 0:
+            log.info("end of source %s after %d frames", self.label, self.frames_read)
+            return
+        log.error("source %s stopped delivering after %d of its %d frames: the last %d could not be read "
+                  "(counted as bad frames)", self.label, self.frames_read, self.expected_frames, missing)
+        self.frames_read += missing
+        self._bad("unreadable", missing)
+        self.lost = True
 
     def _reconnect(self) -> bool:
         """Release, wait, reopen until a capture opens; False when giving up or halted.

@@ -17,9 +17,9 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from hgad_edge.runtime.registry import add_arguments as add_runtime_arguments
 from hgad_edge.stream.alarm import parse_alarm
-from hgad_edge.stream.capture import SourceError
+from hgad_edge.stream.capture import MAX_CAMERA_INDEX, SourceError, check_camera_index
 from hgad_edge.stream.multi import MultiStreamConfig, run_sources
-from hgad_edge.stream.sources import DEFAULT_ALARM, from_flags, load_sources, parse_roi
+from hgad_edge.stream.sources import DEFAULT_ALARM, check_number, from_flags, load_sources, parse_roi
 
 TOKEN_ENV = "HGAD_SERVE_TOKEN"
 DESCRIPTION = ("Score cameras, video files, RTSP/HTTP streams, GStreamer pipelines or image folders live "
@@ -42,12 +42,10 @@ def _alarm_arg(text: str) -> Optional[Tuple[int, int]]:
 
 def _camera_arg(text: str) -> Tuple[str, int]:
     try:
-        n = int(text)
+        return "camera", check_camera_index(int(text))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"camera index must be an integer >= 0, got {text!r}") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"camera index must be >= 0, got {n}")
-    return "camera", n
+        raise argparse.ArgumentTypeError(f"camera index must be an integer 0-{MAX_CAMERA_INDEX} (/dev/videoN), "
+                                         f"got {text!r}") from None
 
 
 def _source_arg(text: str) -> Tuple[str, str]:
@@ -65,16 +63,26 @@ def _serve_arg(text: str) -> Tuple[str, int]:
         raise argparse.ArgumentTypeError(str(e)) from e
 
 
-def _positive(kind):
-    def parse(text: str):
-        try:
-            v = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if not v > 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
-        return v
-    return parse
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line (the usage block is what ``--help`` is for)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+# The command line's own numbers (the others are the configuration's, checked there):
+# (attribute, flag, lowest, highest, integer, lowest excluded)
+CLI_NUMBERS = (("progress_every", "--progress-every", 0, 86400, False, False),
+               ("serve_fps", "--serve-fps", 0, 60, False, True),
+               ("event_queue", "--event-queue", 1, 1_000_000, True, False),
+               ("event_retries", "--event-retries", 0, 1000, True, False))
+
+
+def check_cli_numbers(a: argparse.Namespace) -> None:
+    """A ``ValueError`` naming the first command-line-only number out of its range (given or not
+    used: a bad value is a mistake either way)."""
+    for attr, flag, lo, hi, integer, lo_open in CLI_NUMBERS:
+        check_number(flag, getattr(a, attr), lo, hi, integer=integer, lo_open=lo_open)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -121,7 +129,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                           "only; 0.0.0.0 serves every interface; PORT 0 picks a free one)")
     web.add_argument("--serve-token", metavar="TOKEN", help=f"every page and endpoint needs this token (>= 8 "
                      f"characters; open /?token=TOKEN once); default: ${TOKEN_ENV}, which keeps it out of ps")
-    web.add_argument("--serve-fps", type=_positive(float), default=5.0,
+    web.add_argument("--serve-fps", type=float, default=5.0,
                      help="at most this many JPEGs per source and second, encoded only while a page views it")
     ev = p.add_argument_group("event outputs (alarms; never block scoring)")
     ev.add_argument("--webhook", action="append", metavar="URL", help="POST every alarm as JSON to URL (repeatable)")
@@ -166,6 +174,7 @@ def config_from_args(a: argparse.Namespace) -> MultiStreamConfig:
     inputs: List[Tuple[str, Any]] = list(a.inputs or [])
     if not inputs and not a.sources:
         raise ValueError("no source: give --camera N, --source SRC (each repeatable) or --sources FILE")
+    check_cli_numbers(a)
     defaults = _per_source_defaults(a)
     specs = from_flags(inputs, defaults, short_ids=bool(a.sources) or len(inputs) > 1)
     if a.sources:
@@ -174,7 +183,8 @@ def config_from_args(a: argparse.Namespace) -> MultiStreamConfig:
         sources=tuple(specs), model=a.model, backend=a.backend, device=a.device, precision=a.precision,
         target_fpr=a.target_fpr, threads=a.threads, max_batch=a.max_batch, display=not a.headless, save=a.save,
         jsonl=a.jsonl, max_frames=a.max_frames, duration=a.duration, reconnect_attempts=a.reconnect_attempts,
-        reconnect_delay=a.reconnect_delay, reconnect_max_delay=a.reconnect_max_delay)
+        reconnect_delay=a.reconnect_delay, reconnect_max_delay=a.reconnect_max_delay,
+        protected=(("--sources", a.sources),) if a.sources else ())
 
 
 def make_sinks(a: argparse.Namespace) -> Tuple[List[Any], Any]:
@@ -269,8 +279,8 @@ def register(sub) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m hgad_edge.stream", description=DESCRIPTION,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = _Parser(prog="python -m hgad_edge.stream", description=DESCRIPTION,
+                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     add_arguments(p)
     a = p.parse_args(argv)

@@ -7,7 +7,6 @@ fails is counted as failed. The payload is the record as the JSONL log has it (w
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -16,6 +15,7 @@ import urllib.parse
 import urllib.request
 from typing import Any, Dict, Optional
 
+from hgad_edge.fileio import dumps
 from hgad_edge.stream.capture import END, FrameBuffer
 from hgad_edge.version import __version__
 
@@ -147,7 +147,7 @@ class WebhookSink(EventSink):
         self._opener = urllib.request.build_opener()
 
     def _deliver(self, rec: Dict[str, Any]) -> None:
-        req = urllib.request.Request(self.url, data=json.dumps(rec).encode(), method="POST",
+        req = urllib.request.Request(self.url, data=dumps(rec).encode(), method="POST",
                                      headers={"Content-Type": "application/json",
                                               "User-Agent": f"hgad_edge/{__version__}"})
         try:
@@ -211,7 +211,7 @@ class MqttSink(EventSink):
     def _deliver(self, rec: Dict[str, Any]) -> None:
         if not self._client.is_connected():
             raise ConnectionError("not connected to the broker")
-        info = self._client.publish(self.topic, json.dumps(rec), qos=self.qos)
+        info = self._client.publish(self.topic, dumps(rec), qos=self.qos)
         info.wait_for_publish(self.timeout)
         if not info.is_published():
             raise TimeoutError(f"not acknowledged within {self.timeout:g} s")

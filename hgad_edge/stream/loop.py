@@ -8,12 +8,10 @@ Each scored frame can go to a window, an annotated video, a JSONL event log and 
 """
 from __future__ import annotations
 
-import os
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence, Tuple, Union
 
-from hgad_edge.stream.alarm import AlarmDebouncer
 from hgad_edge.stream.capture import CaptureFactory, SourceError  # noqa: F401 (raised by run_stream)
 from hgad_edge.stream.multi import MultiStreamConfig, run_sources
 from hgad_edge.stream.outputs import annotate  # noqa: F401 (public API)
@@ -69,20 +67,18 @@ class StreamConfig:
     def __post_init__(self):
         if not isinstance(self.source, (int, str)) or isinstance(self.source, bool) or self.source == "":
             raise ValueError(f"source must be a camera index (int) or a path/URL/pipeline (str), got {self.source!r}")
-        if self.alarm is not None:
-            AlarmDebouncer(*self.alarm)  # validates N/M
-        if self.roi is not None and (len(self.roi) != 4 or min(self.roi[:2]) < 0 or min(self.roi[2:]) < 1):
-            raise ValueError(f"roi must be (x, y, w, h) with x, y >= 0 and w, h >= 1, got {self.roi}")
-        for name in ("max_frames", "duration", "fps", "target_fpr"):
-            v = getattr(self, name)
-            if v is not None and not v > 0:
-                raise ValueError(f"{name} must be > 0 (or None), got {v}")
-        if self.reconnect_delay < 0 or self.reconnect_max_delay < self.reconnect_delay or self.queue_size < 1:
-            raise ValueError("need 0 <= reconnect_delay <= reconnect_max_delay and queue_size >= 1")
-        for path in (self.save, self.jsonl):
-            folder = os.path.dirname(os.path.abspath(path)) if path else ""
-            if path and not os.path.isdir(folder):
-                raise ValueError(f"output folder {folder!r} of {path!r} does not exist")
+        self.multi()  # every other rule is the multi-source configuration's
+
+    def multi(self) -> MultiStreamConfig:
+        """This configuration as the one-source ``MultiStreamConfig`` that runs it."""
+        spec = SourceSpec(id=redact(self.source), source=self.source, class_name=self.class_name, roi=self.roi,
+                          alarm=self.alarm, realtime=self.realtime, fps=self.fps)
+        return MultiStreamConfig(sources=(spec,), model=self.model, backend=self.backend, device=self.device,
+                                 precision=self.precision, target_fpr=self.target_fpr, threads=self.threads,
+                                 display=self.display, save=self.save, jsonl=self.jsonl, max_frames=self.max_frames,
+                                 duration=self.duration, reconnect_attempts=self.reconnect_attempts,
+                                 reconnect_delay=self.reconnect_delay, reconnect_max_delay=self.reconnect_max_delay,
+                                 queue_size=self.queue_size)
 
 
 def run_stream(cfg: StreamConfig, detector=None, stop_event: Optional[threading.Event] = None,
@@ -106,14 +102,7 @@ def run_stream(cfg: StreamConfig, detector=None, stop_event: Optional[threading.
         SourceError: the source cannot be opened or never delivered a frame.
         ValueError: bad configuration (unknown class, roi outside the frame, ...).
     """
-    spec = SourceSpec(id=redact(cfg.source), source=cfg.source, class_name=cfg.class_name, roi=cfg.roi,
-                      alarm=cfg.alarm, realtime=cfg.realtime, fps=cfg.fps)
-    multi = MultiStreamConfig(sources=(spec,), model=cfg.model, backend=cfg.backend, device=cfg.device,
-                              precision=cfg.precision, target_fpr=cfg.target_fpr, threads=cfg.threads,
-                              display=cfg.display, save=cfg.save, jsonl=cfg.jsonl, max_frames=cfg.max_frames,
-                              duration=cfg.duration, reconnect_attempts=cfg.reconnect_attempts,
-                              reconnect_delay=cfg.reconnect_delay, reconnect_max_delay=cfg.reconnect_max_delay,
-                              queue_size=cfg.queue_size)
+    multi = cfg.multi()
     callback = None if on_result is None else (lambda _sid, index, r: on_result(index, r))
     summary = run_sources(multi, detector=detector, stop_event=stop_event, capture_factory=capture_factory,
                           on_result=callback, sinks=sinks)

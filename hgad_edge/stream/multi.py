@@ -10,21 +10,25 @@ alarm and target FPR, counters and latencies; every record carries its ``source`
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+from hgad_edge.data.images import images_in
+from hgad_edge.fileio import check_outputs
 from hgad_edge.stream.batching import BatchLoop
 from hgad_edge.stream.capture import (CaptureFactory, CaptureThread, FrameBuffer, SourceError, is_live, open_capture,
-                                      open_checked)
-from hgad_edge.stream.outputs import JsonlLog, VideoOut, Window
-from hgad_edge.stream.sources import SourceSpec
+                                      open_checked, source_kind)
+from hgad_edge.stream.outputs import JsonlLog, VideoOut, Window, check_roi
+from hgad_edge.stream.sources import FPS_RANGE, SourceSpec, check_fpr, check_number
 from hgad_edge.stream.state import MultiSummary, SourceState, Thresholds  # noqa: F401 (MultiSummary: public here)
 
 log = logging.getLogger("hgad_edge.stream")
 SOURCE_PLACEHOLDER = "{source}"
+MAX_THREADS = 1024
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,9 @@ class MultiStreamConfig:
         max_frames: a source ends after this many scored frames. duration: all stop after this
             many seconds.
         reconnect_attempts, reconnect_delay, reconnect_max_delay, queue_size: as ``StreamConfig``.
+        protected: further input files no output may overwrite, as ``(name, path)`` pairs (the
+            command line's ``--sources`` file); the sources, their images and the model's files
+            always are.
     """
 
     sources: Tuple[SourceSpec, ...]
@@ -59,34 +66,82 @@ class MultiStreamConfig:
     reconnect_delay: float = 0.5
     reconnect_max_delay: float = 10.0
     queue_size: int = 4
+    protected: Tuple[Tuple[str, str], ...] = ()
 
     def __post_init__(self):
         object.__setattr__(self, "sources", tuple(self.sources))
+        object.__setattr__(self, "protected", tuple(tuple(p) for p in self.protected))
         if not self.sources or not all(isinstance(s, SourceSpec) for s in self.sources):
             raise ValueError("sources must be a non-empty sequence of SourceSpec")
         ids = [s.id for s in self.sources]
         dup = sorted({i for i in ids if ids.count(i) > 1})
         if dup:
             raise ValueError(f"source ids must be unique; repeated: {dup}")
-        if self.max_batch is not None and (isinstance(self.max_batch, bool) or self.max_batch < 1):
-            raise ValueError(f"max_batch must be >= 1, got {self.max_batch}")
-        for name in ("max_frames", "duration", "target_fpr"):
-            v = getattr(self, name)
-            if v is not None and not v > 0:
-                raise ValueError(f"{name} must be > 0 (or None), got {v}")
-        if self.reconnect_delay < 0 or self.reconnect_max_delay < self.reconnect_delay or self.queue_size < 1:
-            raise ValueError("need 0 <= reconnect_delay <= reconnect_max_delay and queue_size >= 1")
+        check_limits(self)
         if self.save and len(self.sources) > 1 and SOURCE_PLACEHOLDER not in self.save:
             raise ValueError(f"with several sources --save needs {SOURCE_PLACEHOLDER} in the path "
                              f"(e.g. annotated_{SOURCE_PLACEHOLDER}.mp4), got {self.save!r}")
-        for path in (self.save, self.jsonl):
-            folder = os.path.dirname(os.path.abspath(path)) if path else ""
-            if path and not os.path.isdir(folder):
+        outputs = self.output_paths()
+        for name, path in outputs.items():
+            folder = os.path.dirname(os.path.abspath(path))
+            if not os.path.isdir(folder):
                 raise ValueError(f"output folder {folder!r} of {path!r} does not exist")
+            if os.path.isdir(path):
+                raise ValueError(f"{name} {path} is a folder: give a file name")
+        check_outputs(outputs, self.input_paths())  # an output never overwrites an input or another output
+
+    def save_path(self, spec: SourceSpec) -> Optional[str]:
+        """The annotated video of ``spec`` (``{source}`` replaced by its id), or None."""
+        if not self.save:
+            return None
+        return self.save.replace(SOURCE_PLACEHOLDER, re.sub(r"[^A-Za-z0-9_.-]", "_", spec.id))
+
+    def output_paths(self) -> Dict[str, str]:
+        """Every file the run writes, by the flag that names it."""
+        several = len(self.sources) > 1
+        out = {f"--save ({s.id})" if several else "--save": self.save_path(s) for s in self.sources if self.save}
+        if self.jsonl:
+            out["--jsonl"] = self.jsonl
+        return out
+
+    def input_paths(self) -> Dict[str, str]:
+        """Every file the run reads, by the flag that names it: source files, the images of
+        source folders, the model's files and ``protected``."""
+        several = len(self.sources) > 1
+        out: Dict[str, str] = dict(self.protected)
+        for s in self.sources:
+            flag = f"--source ({s.id})" if several else "--source"
+            kind = source_kind(s.source)
+            if kind == "file":
+                out[flag] = str(s.source)
+            elif kind == "folder":
+                out.update((f"{flag} image", p) for p in images_in(str(s.source)))
+        if self.model and os.path.isdir(self.model):
+            for name in sorted(os.listdir(self.model)):
+                if os.path.isfile(os.path.join(self.model, name)):
+                    out[f"--model file {name}"] = os.path.join(self.model, name)
+        return out
 
     @property
     def batch_limit(self) -> int:
         return self.max_batch or len(self.sources)
+
+
+def check_limits(cfg) -> None:
+    """The numeric options of a stream configuration (``MultiStreamConfig``, ``StreamConfig``):
+    a ``ValueError`` naming the first one that is not a finite number in its range."""
+    for name, lo, integer in (("max_batch", 1, True), ("max_frames", 1, True), ("threads", 1, True),
+                              ("duration", 0, False)):
+        v = getattr(cfg, name, None)
+        if v is not None:
+            check_number(name, v, lo, MAX_THREADS if name == "threads" else math.inf, integer=integer,
+                         lo_open=not integer)
+    if cfg.target_fpr is not None:
+        check_fpr(cfg.target_fpr)
+    check_number("reconnect_attempts", cfg.reconnect_attempts, -1, integer=True)
+    check_number("reconnect_delay", cfg.reconnect_delay, 0)
+    check_number("reconnect_max_delay", cfg.reconnect_max_delay, cfg.reconnect_delay)
+    check_number("queue_size", cfg.queue_size, 1, integer=True)
 
 
 def run_sources(cfg: MultiStreamConfig, detector=None, stop_event: Optional[threading.Event] = None,
@@ -125,6 +180,18 @@ def run_sources(cfg: MultiStreamConfig, detector=None, stop_event: Optional[thre
                 caps.append(open_checked(spec.source, capture_factory))
             except SourceError as e:
                 raise SourceError(prefix(spec) + str(e)) from None
+        rates = []
+        for spec, cap in zip(cfg.sources, caps):  # then what the first frame would refuse, still before the model
+            src_fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+            rates.append(spec.fps or (src_fps if FPS_RANGE[0] <= src_fps <= FPS_RANGE[1] else 25.0))
+            width, height = (int(cap.get(p) or 0) for p in (cv2.CAP_PROP_FRAME_WIDTH, cv2.CAP_PROP_FRAME_HEIGHT))
+            try:
+                if spec.roi is not None and width > 0 and height > 0:
+                    check_roi(spec.roi, width, height)
+                if cfg.save:
+                    VideoOut.check(cfg.save_path(spec), rates[-1])
+            except ValueError as e:
+                raise ValueError(prefix(spec) + str(e)) from None
     except BaseException:
         for cap in caps:
             cap.release()
@@ -147,10 +214,9 @@ def run_sources(cfg: MultiStreamConfig, detector=None, stop_event: Optional[thre
             except ValueError as e:
                 raise ValueError(prefix(spec) + str(e)) from None
         jsonl = JsonlLog(cfg.jsonl)
-        for spec, cap, thr in zip(cfg.sources, caps, thresholds):
+        for spec, cap, thr, fps in zip(cfg.sources, caps, thresholds, rates):
             live = is_live(spec.source)
-            src_fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
-            fps = spec.fps or (src_fps if 0 < src_fps < 1000 else 25.0)
+            count = 0 if live else int(max(0.0, float(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0.0)))
             realtime = live or bool(spec.realtime)
             if live and spec.realtime is False:
                 log.info("live sources are always scored newest-frame-only; realtime=False ignored (%s)", spec.id)
@@ -160,8 +226,9 @@ def run_sources(cfg: MultiStreamConfig, detector=None, stop_event: Optional[thre
                                     pace_fps=fps if realtime and not live else 0.0,
                                     reconnect_attempts=cfg.reconnect_attempts, reconnect_delay=cfg.reconnect_delay,
                                     reconnect_max_delay=cfg.reconnect_max_delay, name=f"hgad-capture-{spec.id}",
-                                    label=repr(spec.display) if not several else f"{spec.id} ({spec.display})")
-            save = cfg.save.replace(SOURCE_PLACEHOLDER, re.sub(r"[^A-Za-z0-9_.-]", "_", spec.id)) if cfg.save else None
+                                    label=repr(spec.display) if not several else f"{spec.id} ({spec.display})",
+                                    expected_frames=count)
+            save = cfg.save_path(spec)
             window = Window.open(f"hgad-edge {spec.id}" if several else "hgad-edge stream") if cfg.display else None
             states.append(SourceState(spec, grabber, buffer, halt, fps, realtime, thr,
                                       VideoOut(save, fps) if save else None, window))

@@ -1,14 +1,17 @@
 """What the stream loop writes and shows: latency quantiles, JSONL log, annotated videos, windows."""
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import sys
+import tempfile
 from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
+
+from hgad_edge.data.images import IMAGE_EXTENSIONS
+from hgad_edge.fileio import dumps
 
 log = logging.getLogger("hgad_edge.stream.loop")  # the stream's own logger: these warnings are the stream's
 
@@ -43,7 +46,7 @@ class JsonlLog:
 
     def record(self, rec: Dict[str, Any]) -> None:
         if self._f:
-            self._f.write(json.dumps(rec) + "\n")
+            self._f.write(dumps(rec) + "\n")  # strict JSON: a NaN score is null, never a bare NaN
             self._f.flush()
 
     def close(self) -> None:
@@ -57,6 +60,28 @@ class VideoOut:
 
     def __init__(self, path: str, fps: float):
         self.path, self.fps, self.writer, self.size = path, fps, None, None
+
+    @staticmethod
+    def check(path: str, fps: float) -> None:
+        """Refuse (``ValueError``) at start what the writer would only refuse on the first frame:
+        an image or extension-less name, a folder it cannot write into, or a container OpenCV
+        cannot write mp4v into at ``fps`` (probed in a temporary folder, not next to ``path``)."""
+        import cv2
+
+        ext = os.path.splitext(path)[1].lower()
+        if ext in IMAGE_EXTENSIONS or not ext:
+            raise ValueError(f"--save {path}: needs a video file name (.mp4, .avi, .mkv, .mov), got "
+                             f"{ext or 'no extension'}")
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise ValueError(f"--save {path}: cannot write into {folder}")
+        with tempfile.TemporaryDirectory(prefix="hgad-save-probe-") as tmp:
+            writer = cv2.VideoWriter(os.path.join(tmp, "probe" + ext), cv2.VideoWriter_fourcc(*"mp4v"), fps, (16, 16))
+            opened = writer.isOpened()
+            writer.release()
+        if not opened:
+            raise ValueError(f"--save {path}: OpenCV cannot write an mp4v video as {ext} at {fps:g} FPS "
+                             "(use .mp4, .avi, .mkv or .mov)")
 
     def write(self, frame: np.ndarray) -> None:
         import cv2
@@ -119,15 +144,22 @@ def _open_window(name: str) -> Optional[str]:
     return name
 
 
+def check_roi(roi, width: int, height: int) -> None:
+    """A ``ValueError`` unless the whole ROI lies inside a ``width`` x ``height`` frame (a
+    clipped crop would be scored as if it were the ROI)."""
+    x, y, w, h = roi
+    if x + w > width or y + h > height:
+        raise ValueError(f"roi {tuple(roi)} lies outside the {width}x{height} frame (needs x + w <= {width} "
+                         f"and y + h <= {height})")
+
+
 def _crop(frame: np.ndarray, roi) -> Tuple[np.ndarray, Tuple[int, int, int, int]]:
     h, w = frame.shape[:2]
     if roi is None:
         return frame, (0, 0, w, h)
-    x, y = min(roi[0], w), min(roi[1], h)
-    x2, y2 = min(roi[0] + roi[2], w), min(roi[1] + roi[3], h)
-    if x2 <= x or y2 <= y:
-        raise ValueError(f"roi {tuple(roi)} lies outside the {w}x{h} frame")
-    return frame[y:y2, x:x2], (x, y, x2 - x, y2 - y)
+    check_roi(roi, w, h)
+    x, y, rw, rh = roi
+    return frame[y:y + rh, x:x + rw], (x, y, rw, rh)
 
 
 def annotate(frame: np.ndarray, result, box, fps: float, latency_ms: float, alarm: bool = False) -> np.ndarray:
@@ -141,7 +173,7 @@ def annotate(frame: np.ndarray, result, box, fps: float, latency_ms: float, alar
     out[y:y + h, x:x + w] = draw_overlay(out[y:y + h, x:x + w], result, label=False)
     if (w, h) != (out.shape[1], out.shape[0]):
         cv2.rectangle(out, (x, y), (x + w - 1, y + h - 1), (255, 255, 0), 1)
-    lines = [f"{'ANOMALY' if result.is_anomaly else 'ok'} {result.score:.2f} | {result.class_name} "
+    lines = [f"{'ANOMALY' if result.is_anomaly else 'ok'} {result.score:.2f} | {result.class_name or 'unknown class'} "
              f"({result.class_confidence:.2f})", f"{fps:.1f} FPS | {latency_ms:.0f} ms" + (" | ALARM" if alarm else "")]
     scale = max(0.35, out.shape[1] / 900)
     (_, th), _ = cv2.getTextSize("Ag", cv2.FONT_HERSHEY_SIMPLEX, scale, 1)

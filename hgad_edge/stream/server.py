@@ -25,13 +25,13 @@ from __future__ import annotations
 import asyncio
 import hmac
 import ipaddress
-import json
 import logging
 import threading
 import time
 from importlib import resources
 from typing import Any, Callable, Dict, Optional, Tuple
 
+from hgad_edge.fileio import dumps
 from hgad_edge.stream.view_state import LiveState
 
 log = logging.getLogger("hgad_edge.stream.server")
@@ -235,7 +235,7 @@ class WebView(LiveState):
     async def _api_status(self, request):
         from aiohttp import web
 
-        return web.json_response(self.status(history=request.query.get("history", "1") != "0"))
+        return web.json_response(self.status(history=request.query.get("history", "1") != "0"), dumps=dumps)
 
     async def _api_events(self, request):
         from aiohttp import web
@@ -261,7 +261,7 @@ class WebView(LiveState):
                 batch = self.records_after(cursor)
                 if batch and batch[0][0] > cursor + 1:  # this viewer fell behind: skip, say how much
                     lost = batch[0][0] - cursor - 1
-                    await resp.write(f"event: dropped\ndata: {json.dumps({'count': lost})}\n\n".encode())
+                    await resp.write(f"event: dropped\ndata: {dumps({'count': lost})}\n\n".encode())
                 chunk = "".join(f"id: {seq}\nevent: {kind}\ndata: {text}\n\n" for seq, kind, text in batch)
                 if batch:
                     cursor = batch[-1][0]

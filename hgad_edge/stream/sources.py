@@ -16,13 +16,15 @@ Errors name the file, the line and the field (``sources.yaml:7: sources[1].alarm
 from __future__ import annotations
 
 import json
+import math
+import numbers
 import os
 import re
 from dataclasses import dataclass, replace
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from hgad_edge.stream.alarm import AlarmDebouncer, parse_alarm
-from hgad_edge.stream.capture import source_kind
+from hgad_edge.stream.capture import MAX_CAMERA_INDEX, check_camera_index, source_kind
 
 Source = Union[int, str]
 DEFAULT_ALARM = (3, 5)
@@ -30,6 +32,26 @@ ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 PER_SOURCE_KEYS = ("class", "roi", "alarm", "target_fpr", "realtime", "fps")
 SOURCE_KEYS = ("id", "camera", "source") + PER_SOURCE_KEYS
 _UNSET = object()
+MAX_ROI = 1 << 16  # pixels: larger than any frame OpenCV decodes
+FPS_RANGE = (0.01, 1000.0)  # what OpenCV's mp4v writer opens (0.001 and 1e5 fail; inf hangs it)
+
+
+def check_number(name: str, value: Any, lo: float, hi: float = math.inf, integer: bool = False,
+                 lo_open: bool = False) -> Any:
+    """``value`` when it is a finite number (an int if ``integer``) in [lo, hi] (lo excluded when
+    ``lo_open``); else a ``ValueError`` naming ``name``, the value and the accepted range."""
+    kind = "an integer" if integer else "a number"
+    ok = not isinstance(value, bool) and isinstance(value, numbers.Integral if integer else numbers.Real)
+    if ok:
+        ok = math.isfinite(value) and (value > lo if lo_open else value >= lo) and value <= hi
+    if not ok:
+        low = f"> {lo:g}" if lo_open else f">= {lo:g}"
+        raise ValueError(f"{name} must be {kind} {low}{'' if math.isinf(hi) else f' and <= {hi:g}'}, got {value!r}")
+    return value
+
+
+def check_fps(value: Any, name: str = "fps") -> float:
+    return float(check_number(name, value, *FPS_RANGE))
 
 
 class SourcesError(ValueError):
@@ -66,14 +88,16 @@ class SourceSpec:
             raise ValueError(f"source id must be a non-empty string, got {self.id!r}")
         if not isinstance(self.source, (int, str)) or isinstance(self.source, bool) or self.source == "":
             raise ValueError(f"source must be a camera index (int) or a path/URL/pipeline (str), got {self.source!r}")
+        if isinstance(self.source, int):
+            check_camera_index(self.source)
         if self.alarm is not None:
             AlarmDebouncer(*self.alarm)  # validates N/M
-        if self.roi is not None and (len(self.roi) != 4 or min(self.roi[:2]) < 0 or min(self.roi[2:]) < 1):
-            raise ValueError(f"roi must be (x, y, w, h) with x, y >= 0 and w, h >= 1, got {self.roi}")
-        if self.target_fpr is not None and not 0.0 < self.target_fpr < 1.0:
-            raise ValueError(f"target_fpr must be in (0, 1), got {self.target_fpr}")
-        if self.fps is not None and not self.fps > 0:
-            raise ValueError(f"fps must be > 0, got {self.fps}")
+        if self.roi is not None:
+            object.__setattr__(self, "roi", parse_roi(self.roi))
+        if self.target_fpr is not None:
+            _fpr(self.target_fpr)
+        if self.fps is not None:
+            check_fps(self.fps)
 
     @property
     def display(self) -> str:
@@ -116,8 +140,8 @@ def parse_roi(value: Any) -> Tuple[int, int, int, int]:
         x, y, w, h = (_int(v) for v in value)
     except (TypeError, ValueError) as e:
         raise ValueError(f"roi must be four integers x,y,w,h, got {value!r}") from e
-    if min(x, y) < 0 or min(w, h) < 1:
-        raise ValueError(f"roi needs x, y >= 0 and w, h >= 1, got {value!r}")
+    if min(x, y) < 0 or min(w, h) < 1 or max(x + w, y + h) > MAX_ROI:
+        raise ValueError(f"roi needs x, y >= 0 and w, h >= 1 (x + w and y + h <= {MAX_ROI}), got {value!r}")
     return x, y, w, h
 
 
@@ -137,22 +161,18 @@ def _alarm(value: Any) -> Optional[Tuple[int, int]]:
     return parse_alarm(value)
 
 
-def _fpr(value: Any) -> Optional[float]:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"target_fpr must be a number in (0, 1), got {value!r}")
-    if not 0.0 < float(value) < 1.0:
+def check_fpr(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) < 1.0:
         raise ValueError(f"target_fpr must be in (0, 1), got {value!r}")
     return float(value)
 
 
+def _fpr(value: Any) -> Optional[float]:
+    return None if value is None else check_fpr(value)
+
+
 def _fps(value: Any) -> Optional[float]:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"fps must be a number > 0, got {value!r}")
-    return float(value)
+    return None if value is None else check_fps(value)
 
 
 def _bool(value: Any) -> Optional[bool]:
@@ -260,9 +280,11 @@ def load_sources(path: str, defaults: Optional[Mapping[str, Any]] = None, taken:
             raise fail(where, "needs exactly one of 'camera' (an index) or 'source' (file, folder, URL, pipeline)")
         if "camera" in entry:
             cam = entry["camera"]
-            if isinstance(cam, bool) or not isinstance(cam, int) or cam < 0:
-                raise fail(where + ("camera",), f"must be a camera index >= 0, got {cam!r}")
-            src: Source = cam
+            try:
+                src: Source = check_camera_index(cam)
+            except ValueError:
+                raise fail(where + ("camera",), f"must be a camera index >= 0 and <= {MAX_CAMERA_INDEX} (/dev/videoN), "
+                                                f"got {cam!r}") from None
         else:
             src = entry["source"]
             if not isinstance(src, str) or not src.strip():

@@ -22,8 +22,10 @@ RUNNING, STOPPING, ENDED = "running", "stopping", "ended"
 @dataclass(frozen=True)
 class StreamSummary:
     """What a stream (one source) did. ``frames_read`` = scored + dropped + bad (+ frames still
-    buffered when it was stopped); latencies: ``latency_*`` the detector call (the whole batch
-    the frame was in), ``e2e_*`` capture → result."""
+    buffered when it was stopped); ``bad_reasons`` splits ``bad_frames`` by why (``unreadable``:
+    a failed read of a file, ``empty``: no pixels, ``roi_outside_frame``, ``rejected`` by the
+    Detector); latencies: ``latency_*`` the detector call (the whole batch the frame was in),
+    ``e2e_*`` capture → result."""
 
     source: str
     backend: str
@@ -41,6 +43,7 @@ class StreamSummary:
     latency_p99_ms: float
     e2e_p50_ms: float
     e2e_p99_ms: float
+    bad_reasons: Dict[str, int] = dataclasses.field(default_factory=dict)
 
     def as_dict(self) -> Dict[str, Any]:
         """JSON-friendly (NaN, e.g. a latency with no frame scored, becomes None)."""
@@ -50,7 +53,7 @@ class StreamSummary:
         return "\n".join([
             f"stream summary ({self.source}, backend {self.backend}, ended by {self.ended_by})",
             f"  frames scored   {self.frames_scored}  (read {self.frames_read}, dropped {self.frames_dropped}, "
-            f"bad {self.bad_frames})",
+            f"bad {self.bad_frames}{_reasons(self.bad_reasons)})",
             f"  anomalous       {self.anomalous}   alarms {self.alarms}   reconnects {self.reconnects}",
             f"  throughput      {self.fps:.2f} FPS over {self.duration_s:.1f} s",
             f"  latency         p50 {self.latency_p50_ms:.1f} ms  p99 {self.latency_p99_ms:.1f} ms  "
@@ -85,6 +88,10 @@ class MultiSummary:
         return "\n".join(lines + [s.format() for s in self.sources])
 
 
+def _reasons(reasons: Dict[str, int]) -> str:
+    return f": {', '.join(f'{n} {k}' for k, n in sorted(reasons.items()))}" if reasons else ""
+
+
 class Thresholds:
     """A source's own target FPR: per class the (threshold, spread) the detector itself computes
     for that FPR (``calibrate.threshold`` on the calibration scores of its map, backend and
@@ -112,7 +119,7 @@ class Thresholds:
         """``r`` re-thresholded: score, verdict, mask and threshold at this source's FPR."""
         if self.table is None:
             return r
-        thr, spread = self.table[r.class_name]
+        thr, spread = self.table[r.class_name if r.class_name is not None else r.nearest_class]
         return dataclasses.replace(r, score=calibrated_score(r.raw_score, thr, spread), is_anomaly=r.raw_score > thr,
                                    mask=r.anomaly_map > thr, threshold=thr)
 
@@ -128,7 +135,8 @@ class SourceState:
         self.video, self.window = video, window
         self.debouncer = AlarmDebouncer(*spec.alarm) if spec.alarm else None
         self.lat, self.e2e = LatencyStats(), LatencyStats()
-        self.scored = self.anomalous = self.rejected = 0
+        self.scored = self.anomalous = 0
+        self.bad_reasons: Dict[str, int] = {}  # frames the loop could not score, by why
         self.fps_ema = 0.0
         self.t_start = time.perf_counter()
         self.t_first: Optional[float] = None
@@ -141,6 +149,18 @@ class SourceState:
     @property
     def id(self) -> str:
         return self.spec.id
+
+    def bad(self, reason: str) -> int:
+        """Count one bad frame of the loop's (``roi_outside_frame``, ``rejected``); how many so far."""
+        n = self.bad_reasons[reason] = self.bad_reasons.get(reason, 0) + 1
+        return n
+
+    def bad_counts(self) -> Dict[str, int]:
+        """Bad frames by reason, the capture thread's and the loop's."""
+        out = dict(self.grabber.bad_reasons)
+        for k, n in list(self.bad_reasons.items()):
+            out[k] = out.get(k, 0) + n
+        return out
 
     def scored_one(self, t0: float, t1: float, ms: float, t_cap: float, anomalous: bool) -> None:
         if self.t_last is not None:
@@ -174,11 +194,11 @@ class SourceState:
         g = self.grabber
         self.summary = StreamSummary(
             source=self.id, backend=backend, ended_by=ended_by, frames_read=g.frames_read, frames_scored=self.scored,
-            frames_dropped=self.buffer.dropped, bad_frames=g.bad_frames + self.rejected, anomalous=self.anomalous,
+            frames_dropped=self.buffer.dropped, bad_frames=sum(self.bad_counts().values()), anomalous=self.anomalous,
             alarms=self.debouncer.fired if self.debouncer else 0, reconnects=g.reconnects,
             duration_s=time.perf_counter() - self.t_start, fps=self.scored / span if span > 0 else 0.0,
             latency_p50_ms=self.lat.quantile(0.5), latency_p99_ms=self.lat.quantile(0.99),
-            e2e_p50_ms=self.e2e.quantile(0.5), e2e_p99_ms=self.e2e.quantile(0.99))
+            e2e_p50_ms=self.e2e.quantile(0.5), e2e_p99_ms=self.e2e.quantile(0.99), bad_reasons=self.bad_counts())
         self.phase = ENDED
         log.info("source %s ended (%s): %d frames scored, %d dropped, %.2f FPS", self.id, ended_by, self.scored,
                  self.buffer.dropped, self.summary.fps)
@@ -192,7 +212,7 @@ class SourceState:
                 "alarm": self.spec.alarm, "target_fpr": self.thresholds.target_fpr, "state": state,
                 "ended_by": self.summary.ended_by if self.summary else None,
                 "frames_read": g.frames_read, "frames_scored": self.scored, "frames_dropped": self.buffer.dropped,
-                "bad_frames": g.bad_frames + self.rejected, "anomalous": self.anomalous,
+                "bad_frames": g.bad_frames + sum(self.bad_reasons.values()), "anomalous": self.anomalous,
                 "alarms": self.debouncer.fired if self.debouncer else 0, "reconnects": g.reconnects,
                 "fps": round(self.fps_ema, 3), "latency_p50_ms": _num(self.lat.quantile(0.5)),
                 "latency_p99_ms": _num(self.lat.quantile(0.99)), "e2e_p50_ms": _num(self.e2e.quantile(0.5)),

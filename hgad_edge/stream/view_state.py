@@ -9,12 +9,13 @@ viewer asked for that source in the last few seconds, at most ``serve_fps`` per 
 """
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 from collections import deque
 from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
+
+from hgad_edge.fileio import dumps
 
 log = logging.getLogger("hgad_edge.stream.server")
 VIEWER_TTL_S = 3.0      # a source counts as viewed this long after its last frame request
@@ -113,7 +114,7 @@ class LiveState:
             elif kind == "alarm":
                 self.alarms.append(rec)
             self.record_seq += 1
-            self.records.append((self.record_seq, str(kind), json.dumps(rec)))
+            self.records.append((self.record_seq, str(kind), dumps(rec)))
             wake = not self._wake_pending
             self._wake_pending = True
         if wake and not self._closing:

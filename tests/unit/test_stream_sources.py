@@ -84,7 +84,7 @@ def test_bad_yaml_names_the_line_and_field(tmp_path, text, where):
 def test_bad_json_names_the_line_too(tmp_path):
     bad_field = '{\n  "sources": [\n    {"id": "a", "camera": 0},\n    {"id": "b", "camera": 1, "fps": -3}\n  ]\n}\n'
     path = write(tmp_path, "bad.json", bad_field)
-    with pytest.raises(SourcesError, match=r"bad\.json:4: sources\[1\]\.fps: fps must be a number > 0"):
+    with pytest.raises(SourcesError, match=r"bad\.json:4: sources\[1\]\.fps: fps must be a number >= 0\.01"):
         load_sources(path)
     path = write(tmp_path, "broken.json", '{\n  "sources": [\n    {"id": "a",, "camera": 0}\n  ]\n}\n')
     with pytest.raises(SourcesError, match=r"broken\.json:3: not valid JSON"):
