@@ -32,9 +32,17 @@ from hgad_edge.export.gmm_graph import GMMScoring
 log = logging.getLogger(__name__)
 
 MIN_OPSET = 17
+MAX_OPSET = 20  # the newest opset torch.onnx.export(dynamo=False) writes
 DEFAULT_OPSET = 17
 FILES = {"backbone": "backbone.onnx", "flows": "flows.onnx", "model": "model.onnx",
          "full_graph": "full_graph.onnx"}
+
+
+def check_opset(opset: int) -> None:
+    """Refuse an ONNX opset the exporter cannot write (before anything is built)."""
+    if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
+        raise ValueError(f"opset must be >= {MIN_OPSET} and <= {MAX_OPSET} (what the ONNX exporter writes; "
+                         f"--opset), got {opset!r}")
 
 
 class BackboneGraph(nn.Module):
@@ -123,8 +131,7 @@ def export_onnx(model: nn.Module, out_dir: str, opset: int = DEFAULT_OPSET, full
     Returns:
         ``{"backbone": file, "flows": file, "model": file[, "full_graph": file]}`` (names in out_dir).
     """
-    if int(opset) < MIN_OPSET:
-        raise ValueError(f"opset must be >= {MIN_OPSET}, got {opset}")
+    check_opset(opset)
     model = model.float().cpu().eval()
     size = int(model.cfg.image_size)
     names = io_names(model.n_levels)

@@ -106,6 +106,16 @@ class ExportConfig:
             raise ValueError(f"max_drop must be in [0, 1], got {self.max_drop}")
         if self.on_gate_fail not in GATE_ACTIONS:
             raise ValueError(f"on_gate_fail={self.on_gate_fail!r}; choose one of {GATE_ACTIONS}")
+        from hgad_edge.export.onnx_export import check_opset
+
+        check_opset(self.opset)
+        for name in ("calib_images", "workspace_mb", "validate_images"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} (--{name.replace('_', '-')}) must be >= 1, got {getattr(self, name)}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads (--threads) must be >= 1, got {self.threads}")
+        if self.calib_data is not None and not os.path.isdir(self.calib_data):
+            raise ValueError(f"calib_data (--calib-data) {self.calib_data!r} is not a folder of images")
 
     def precisions_for(self, fmt: str) -> Tuple[str, ...]:
         """The precisions built for ``fmt`` (empty when the format is not requested)."""

@@ -132,13 +132,16 @@ def export_triton(run_dir: str, repo: str, name: str = "hgad_edge", max_batch: i
     os.makedirs(repo, exist_ok=True)
     stage = tempfile.mkdtemp(prefix="." + name + ".", suffix=".tmp", dir=repo)  # exclusive, same filesystem
     try:
+        os.chmod(stage, 0o777 & ~fileio.umask())  # mkdtemp's 0700 would become the model folder's mode
         with tempfile.TemporaryDirectory(prefix="hgad_triton_") as tmp:
             export_onnx(load_model(art), tmp, opset=opset, full_graph=True)
             os.makedirs(os.path.join(stage, "1"))
             shutil.copyfile(os.path.join(tmp, FILES["full_graph"]), os.path.join(stage, "1", "model.onnx"))
         fileio.write_bytes(os.path.join(stage, "config.pbtxt"), text.encode("utf-8"))
         fileio.write_bytes(os.path.join(stage, LABELS), ("\n".join(art.class_names) + "\n").encode("utf-8"))
-        if os.path.exists(folder):
+        if os.path.islink(folder):  # a link at the name is replaced, never followed into
+            os.unlink(folder)
+        elif os.path.exists(folder):
             shutil.rmtree(folder)
         os.replace(stage, folder)
     except BaseException:

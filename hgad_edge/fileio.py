@@ -14,10 +14,22 @@ import tempfile
 from typing import Any, Callable, Dict, Iterable, Mapping, Optional
 
 
-def _umask() -> int:
+def umask() -> int:
+    """The process umask (read without changing it where the OS allows)."""
+    # Linux reports it without changing it; os.umask(0) would, for a moment, for every thread
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+_umask = umask  # the name it had first
 
 
 def atomic_write(path: str, write: Callable[[str], None]) -> None:
@@ -25,15 +37,21 @@ def atomic_write(path: str, write: Callable[[str], None]) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    os.fchmod(fd, 0o666 & ~_umask())
+    os.fchmod(fd, 0o666 & ~umask())
     os.close(fd)
     try:
         write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        # ``write`` may have replaced the file (safetensors renames its own 0600 temporary onto it):
+        # set the mode on what is there now, never through a link planted at the name
+        fd = os.open(tmp, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        try:
+            os.fchmod(fd, 0o666 & ~umask())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)  # a link planted at ``path`` is replaced, never written through
     except BaseException:
-        if os.path.exists(tmp):
+        if os.path.lexists(tmp):
             os.unlink(tmp)
         raise
 
@@ -93,6 +111,12 @@ def check_outputs(outputs: Mapping[str, Optional[str]], inputs: Mapping[str, Opt
         for other, dst in outs[i + 1:]:
             if _same(path, dst):
                 raise ValueError(f"{name} {path} and {other} {dst} are the same file: give each output its own path")
+
+
+def within(path: str, root: str) -> bool:
+    """``path`` resolves (links followed) to ``root`` itself or to something inside it."""
+    real, base = os.path.realpath(path), os.path.realpath(root)
+    return real == base or real.startswith(base.rstrip(os.sep) + os.sep)
 
 
 def save_tensors(path: str, tensors: Dict[str, Any], metadata: Dict[str, str] | None = None) -> None:

@@ -20,7 +20,7 @@ import torch
 from hgad_edge import artifact, fileio
 from hgad_edge.train import distributed
 
-REPLAY = "replay.safetensors"
+REPLAY = artifact.REPLAY
 
 
 @torch.no_grad()

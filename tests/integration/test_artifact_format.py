@@ -43,11 +43,24 @@ def v1_run(tmp_path_factory) -> str:
     return run
 
 
-def test_v1_artifact_reads_with_its_checksums(v1_run):
-    art = Artifact.read(v1_run)  # verifies the old writer's checksums
+def test_v1_artifact_reads_with_its_checksums(v1_run, caplog):
+    with caplog.at_level("WARNING", logger="hgad_edge.artifact"):
+        art = Artifact.read(v1_run)  # verifies the old writer's checksums
     assert art.class_names == ["grass", "retina"] and art.model_config.pool == (3,)
     assert art.combine == "position" and art.exports == {}
-    assert art.to_dict()["format_version"] == artifact.FORMAT_VERSION == 3
+    assert art.to_dict()["format_version"] == artifact.FORMAT_VERSION == 4
+    # no content checksum before format 4: loaded, validated field by field, and said so
+    assert any("format 1 has no content checksum" in r.getMessage() for r in caplog.records)
+
+
+def test_v1_artifact_is_validated_field_by_field(v1_run, tmp_path):
+    run = str(tmp_path / "run")
+    shutil.copytree(v1_run, run)
+    meta = json.load(open(os.path.join(run, artifact.META)))
+    meta["calibration"]["grass"]["normalizer"]["ll_max"] = []  # levels cut short: no checksum to catch it
+    fileio.write_json(os.path.join(run, artifact.META), meta)
+    with pytest.raises(ArtifactError, match="ll_max has 0 entries, expected 1"):
+        Artifact.read(run)
 
 
 def test_v1_artifact_scores_as_the_old_code_did(v1_run):
@@ -67,6 +80,7 @@ def test_rewriting_a_v1_artifact_writes_the_current_version(v1_run, tmp_path):
     Artifact.read(run).write()
     meta = json.load(open(os.path.join(run, artifact.META)))
     assert meta["format_version"] == artifact.FORMAT_VERSION
+    assert meta[artifact.CONTENT_KEY] == artifact.content_checksum(meta)  # protected from now on
     assert Artifact.read(run).calibration == Artifact.read(v1_run).calibration
 
 
@@ -86,7 +100,7 @@ def test_every_version_ever_written_migrates():
     assert migrate(unvalidated)["exports"]["onnxruntime"]["status"] == "unvalidated"
     v2 = dict(old, format_version=2, exports={"onnxruntime": dict(old["exports"]["onnxruntime"], status="passed")})
     m = migrate(v2)
-    assert m["format_version"] == 3 and m["exports"]["onnxruntime"]["variants"] == {}
+    assert m["format_version"] == artifact.FORMAT_VERSION and m["exports"]["onnxruntime"]["variants"] == {}
     art = Artifact.from_dict(m, "run")
     assert art.variants() == {("onnxruntime", "fp32"): m["exports"]["onnxruntime"]}
     assert art.usable_precisions("onnxruntime") == ["fp32"] and art.calibration_of("onnxruntime", "fp32") is art.calibration

@@ -88,7 +88,7 @@ def test_exports_build_and_are_registered(tiers):
     v = art.variants()
     want = {("onnxruntime", "fp32"), ("onnxruntime", "int8"), ("openvino", "fp32"), ("openvino", "int8")}
     assert want | ({("openvino", "bf16")} if BF16 else set()) == set(v)
-    assert art.to_dict()["format_version"] == 3
+    assert art.to_dict()["format_version"] == 4
     for (backend, p), sec in v.items():
         assert sec["status"] == "passed", (backend, p, sec.get("reason"))
         for name in sec["files"].values():

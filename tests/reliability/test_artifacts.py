@@ -52,6 +52,7 @@ def _edit_meta(run_dir: str, edit) -> None:
     with open(path, encoding="utf-8") as f:
         meta = json.load(f)
     edit(meta)
+    meta[artifact.CONTENT_KEY] = artifact.content_checksum(meta)  # model.json's own checksum agrees too
     with open(path, "w", encoding="utf-8") as f:
         json.dump(meta, f)
 

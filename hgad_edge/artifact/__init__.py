@@ -21,6 +21,14 @@ Format versions:
   (synthetic-defect image/pixel AUROC of fp32 vs this precision, ``drop``, ``max_drop``,
   ``status`` "passed" / "exceeded"); a failed section has a ``reason``. v2 → v3 adds the empty
   ``variants``: a v2 artifact has fp32 only, scored with the top-level ``calibration``.
+* 4 — ``content_sha256``: the sha256 of the canonical JSON of every other key (``content_checksum``),
+  written by ``Artifact.write`` (the one writer of model.json), so an edit to any value is refused;
+  the weights' safetensors header records the class order. v3 → v4 changes nothing else. Versions
+  1–3 have no content checksum: they load with a logged warning, their fields checked one by one.
+
+Every version is validated field by field on read and before every write (``validate``): types,
+ranges, finite numbers, unique class names, one entry per level everywhere, calibration shapes
+against ``feature_shapes``, plain file names inside the model directory, each with a checksum.
 """
 from __future__ import annotations
 
@@ -33,24 +41,15 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from hgad_edge import fileio
+from hgad_edge.artifact._schema import (  # noqa: F401 - the public names of the artifact format
+    BACKBONE, CONTENT_KEY, CONTENT_SINCE, EXPORT_STATUSES, FORMAT, FORMAT_VERSION, MAX_DEPTH, MAX_META_BYTES, META,
+    PRECISIONS, REPLAY, WEIGHTS, WEIGHTS_CLASSES, ArtifactError, _header, _non_finite, _show, check_name,
+    content_checksum, format_version, parse, validate)
 from hgad_edge.config import ModelConfig
 
 log = logging.getLogger(__name__)
-
-FORMAT = "hgad_edge"
-FORMAT_VERSION = 3
-META = "model.json"
-WEIGHTS = "weights.safetensors"
-BACKBONE = "backbone.safetensors"
-EXPORT_STATUSES = ("passed", "failed", "unvalidated")
-# Most precise first: ``precision=None`` means the first one a backend has.
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 # Sections every version has had (a file without them is damaged, not old).
 _REQUIRED = ("model_config", "feature_shapes", "calibration", "files")
-
-
-class ArtifactError(ValueError):
-    """The model directory is missing, damaged, or of a format this version cannot read."""
 
 
 def library_versions() -> Dict[str, str]:
@@ -90,24 +89,48 @@ def _v2_to_v3(meta: Dict[str, Any]) -> Dict[str, Any]:
     return meta
 
 
-MIGRATIONS: Dict[int, Callable[[Dict[str, Any]], Dict[str, Any]]] = {1: _v1_to_v2, 2: _v2_to_v3}
+def _v3_to_v4(meta: Dict[str, Any]) -> Dict[str, Any]:
+    meta["format_version"] = 4  # only the content checksum is new: an old file has none (see ``Artifact.read``)
+    return meta
+
+
+MIGRATIONS: Dict[int, Callable[[Dict[str, Any]], Dict[str, Any]]] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4}
 
 
 def migrate(meta: Dict[str, Any], path: str = META) -> Dict[str, Any]:
     """``meta`` (any version ever written) as the current version, migrated step by step."""
-    version = meta.get("format_version")
-    if not isinstance(version, int) or version < 1:
-        raise ArtifactError(f"{path} has format version {version!r}; expected an integer 1..{FORMAT_VERSION}")
-    if version > FORMAT_VERSION:
-        raise ArtifactError(f"{path} has format version {version}, newer than this hgad_edge reads "
-                            f"({FORMAT_VERSION}): upgrade hgad_edge")
+    version = format_version(meta, path)
     missing = [k for k in _REQUIRED if k not in meta]
-    if missing or not isinstance(meta.get("files"), dict):
-        raise ArtifactError(f"{path} is incomplete: it lacks {missing or ['files']} (re-train or re-export the model)")
-    meta = copy.deepcopy(meta)
-    while meta["format_version"] < FORMAT_VERSION:
-        meta = MIGRATIONS[meta["format_version"]](meta)
+    if missing:
+        raise ArtifactError(f"{path} is incomplete: it lacks {missing} (re-train or re-export the model)")
+    if not isinstance(meta["files"], dict):
+        raise ArtifactError(f"{path}: files must be an object, got {type(meta['files']).__name__}")
+    try:
+        meta = copy.deepcopy(meta)
+        while meta["format_version"] < FORMAT_VERSION:
+            meta = MIGRATIONS[meta["format_version"]](meta)
+    except (KeyError, TypeError, AttributeError, ValueError, RecursionError) as e:
+        raise ArtifactError(f"{path} is damaged: format {version} cannot be read ({type(e).__name__}: {e})") from e
     return meta
+
+
+# ----------------------------------------------------------------------------- content checksum
+def _check_content(meta: Dict[str, Any], path: str) -> None:
+    version = meta["format_version"]
+    recorded = meta.get(CONTENT_KEY)
+    if recorded is None and version < CONTENT_SINCE:
+        log.warning("%s: format %d has no content checksum (written by an older hgad_edge): an edit to it cannot "
+                    "be detected, only values that do not fit are refused; its next rewrite (an export adding files) "
+                    "records one",
+                    path, version)
+        return
+    if recorded is None:
+        raise ArtifactError(f"{path} lacks its content checksum ({CONTENT_KEY!r}, written with every format "
+                            f"{CONTENT_SINCE}+ model): it was edited; re-train or restore the model")
+    actual = content_checksum(meta)
+    if recorded != actual:  # an old version with the key: a downgraded format 4 file
+        raise ArtifactError(f"{path} was edited after it was written (content checksum {actual[:12]}…, recorded "
+                            f"{str(recorded)[:12]}…): any change to model.json is refused; re-train or restore it")
 
 
 # ----------------------------------------------------------------------------- the artifact
@@ -160,7 +183,8 @@ class Artifact:
         return len(self.feature_shapes)
 
     def path(self, name: str) -> str:
-        return os.path.join(self.run_dir, name)
+        """``run_dir/name`` for a plain file name (anything else is refused: ``check_name``)."""
+        return os.path.join(self.run_dir, check_name(name))
 
     def calibration_of(self, backend: Optional[str] = None, precision: Optional[str] = None
                        ) -> Dict[str, Dict[str, Any]]:
@@ -296,82 +320,169 @@ class Artifact:
 
     @classmethod
     def from_dict(cls, meta: Dict[str, Any], run_dir: str) -> "Artifact":
-        """Build from a model.json dict of any version (migrated first)."""
+        """Build from a model.json dict of any version (migrated, then validated: ``validate``)."""
         path = os.path.join(run_dir, META)
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise ArtifactError(f"{path} is not an {FORMAT} model file")
         meta = migrate(meta, path)
+        validate(meta, path)
         known = {"format", "format_version", "model_config", "feature_shapes", "dims", "calibration", "combine",
-                 "target_fpr", "files", "exports", "train_config", "history", "data", "versions", "lineage"}
+                 "target_fpr", "files", "exports", "train_config", "history", "data", "versions", "lineage",
+                 CONTENT_KEY}
         try:
             cfg = ModelConfig.from_dict(meta["model_config"])
             art = cls(run_dir=run_dir, model_config=cfg,
                       feature_shapes=[(int(h), int(w)) for h, w in meta["feature_shapes"]],
-                      dims=[int(d) for d in meta.get("dims", [])], calibration=dict(meta["calibration"]),
+                      dims=[int(d) for d in meta["dims"]], calibration=dict(meta["calibration"]),
                       combine=str(meta["combine"]), target_fpr=float(meta["target_fpr"]),
                       files={str(k): str(v) for k, v in meta["files"].items()}, exports=dict(meta["exports"]),
                       train_config=dict(meta["train_config"]), history=list(meta["history"]),
                       data=dict(meta["data"]), versions=dict(meta["versions"]),
                       lineage=[dict(step) for step in meta.get("lineage", [])],
                       extra={k: v for k, v in meta.items() if k not in known})
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:  # validate let it through
             raise ArtifactError(f"{path} is damaged: {type(e).__name__}: {e}") from e
-        missing = [c for c in art.class_names if c not in art.calibration]
-        if missing:
-            raise ArtifactError(f"{path} has no calibration for class(es) {missing}")
         return art
 
     @classmethod
     def read(cls, run_dir: str, verify: bool = True) -> "Artifact":
-        """Load ``run_dir/model.json``: format, version (migrated), sections and (``verify``) every
-        file's checksum. Raises ``ArtifactError`` saying what is wrong."""
+        """Load ``run_dir/model.json``: strict JSON, format, version (migrated), every field
+        (``validate``), the content checksum (format 4+) and, with ``verify``, every listed file
+        (inside the directory, its sha256) and the weights' header against model.json. Raises
+        ``ArtifactError`` saying what is wrong, in one line."""
         if not os.path.isdir(run_dir):
             raise ArtifactError(f"model directory not found: {run_dir}")
         path = os.path.join(run_dir, META)
-        if not os.path.isfile(path):
+        if not os.path.lexists(path):
             raise ArtifactError(f"{run_dir} is not an hgad_edge model: {META} is missing "
                                 "(train one with `hgad-edge train`)")
+        _inside(run_dir, META)
         try:
-            with open(path, encoding="utf-8") as f:
-                meta = json.load(f)
-        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
-            raise ArtifactError(f"{path} is not valid JSON: {e}") from e
+            size = os.path.getsize(path)
+            if not os.path.isfile(path):
+                raise ArtifactError(f"{path} is not a regular file")
+            if size > MAX_META_BYTES:
+                raise ArtifactError(f"{path} is {size} bytes; a model file is at most {MAX_META_BYTES} bytes")
+            with open(path, "rb") as fh:
+                raw = fh.read(MAX_META_BYTES + 1)
+            if len(raw) > MAX_META_BYTES:  # it grew since
+                raise ArtifactError(f"{path} is over {MAX_META_BYTES} bytes, the most a model file has")
+        except OSError as e:
+            raise ArtifactError(f"cannot read {path}: {e}") from e
+        meta = parse(raw, path)
         art = cls.from_dict(meta, run_dir)
-        unlisted = [n for n in (WEIGHTS, BACKBONE, *art.export_files()) if n not in art.files]
-        if unlisted:  # an unlisted file would be loaded without its checksum
-            raise ArtifactError(f"{path} does not list {unlisted} under 'files' with a checksum")
+        _check_content(meta, path)
         if verify:
             art.verify()
+            art._check_tensors()
         return art
 
     def verify(self, names: Optional[Sequence[str]] = None) -> None:
-        """Check the checksum of every listed file (or of ``names``)."""
+        """Check every listed file (or ``names``): a regular file inside the model directory (a link
+        out of it is refused), with the recorded sha256."""
         for name in (self.files if names is None else names):
-            fp = self.path(name)
-            if not os.path.isfile(fp):
-                raise ArtifactError(f"{self.run_dir}: file {name} listed in {META} is missing")
-            actual = fileio.sha256(fp)
+            actual = self._hash(name)
             if actual != self.files[name]:
                 raise ArtifactError(f"{self.run_dir}: {name} was modified or damaged "
                                     f"(sha256 {actual[:12]}…, expected {self.files[name][:12]}…)")
 
+    def _hash(self, name: str) -> str:
+        fp = self.path(name)
+        if os.path.lexists(fp):
+            _inside(self.run_dir, name)
+        if not os.path.isfile(fp):
+            raise ArtifactError(f"{self.run_dir}: file {name} listed in {META} is missing")
+        try:
+            return fileio.sha256(fp)
+        except OSError as e:
+            raise ArtifactError(f"{self.run_dir}: cannot read {name}: {e}") from e
+
+    def _check_tensors(self) -> None:
+        """The weights (and replay buffer) headers agree with model.json: per level the mixture
+        arrays' shapes (classes, centers, dims), no level more, the class order they were trained
+        with (recorded since format 4; the replay buffer has always recorded it). A header that does
+        not parse is left to the loader (``load_tensors``), which refuses it."""
+        from safetensors import SafetensorError
+
+        C, K, L = len(self.class_names), int(self.model_config.n_intra), self.n_levels
+        try:
+            shapes, meta = _header(self.path(WEIGHTS))
+        except (SafetensorError, OSError, ValueError):
+            return
+        for l in range(L):
+            D = self.dims[l]
+            want = {f"gmm.{l}.mu": (C, D), f"gmm.{l}.mu_intra": (C, K, D), f"gmm.{l}.log_pi_inter": (C,),
+                    f"gmm.{l}.log_pi_intra": (C, K)}
+            for key, shape in want.items():
+                if key in shapes and shapes[key] != shape:
+                    raise ArtifactError(f"{self.run_dir}: {WEIGHTS} holds {key} of shape {list(shapes[key])}; "
+                                        f"{META} says {list(shape)} ({C} classes, {K} centers, {D} dims at level {l})")
+        if f"gmm.{L}.mu" in shapes:
+            raise ArtifactError(f"{self.run_dir}: {WEIGHTS} has a level {L} that {META} does not ({L} levels)")
+        self._check_classes(WEIGHTS, meta.get(WEIGHTS_CLASSES))
+        if REPLAY in self.files:
+            try:
+                shapes, meta = _header(self.path(REPLAY))
+            except (SafetensorError, OSError, ValueError):
+                return
+            self._check_classes(REPLAY, meta.get("classes"))
+            for l, (h, w) in enumerate(self.feature_shapes):
+                got = shapes.get(f"level.{l}")
+                if got is not None and tuple(got[1:]) != (self.dims[l], h, w):
+                    raise ArtifactError(f"{self.run_dir}: {REPLAY} holds level {l} features of shape "
+                                        f"{list(got[1:])}; {META} says {[self.dims[l], h, w]} (dims, feature_shapes)")
+            if f"level.{L}" in shapes:
+                raise ArtifactError(f"{self.run_dir}: {REPLAY} has a level {L} that {META} does not ({L} levels)")
+
+    def _check_classes(self, name: str, recorded: Optional[str]) -> None:
+        if recorded is None:
+            return
+        try:
+            classes = json.loads(recorded)
+        except ValueError:
+            classes = recorded
+        if classes != self.class_names:
+            raise ArtifactError(f"{self.run_dir}: {name} was trained for the classes {_show(classes)} (in this "
+                                f"order); {META} lists {_show(self.class_names)}")
+
     def write(self) -> None:
-        """Hash every file whose checksum is not recorded yet, then write model.json atomically."""
+        """Hash every file whose checksum is not recorded yet, refuse non-finite values and any field
+        ``validate`` would refuse on read, then write model.json atomically with its content
+        checksum. The one writer of model.json (train, ``train --from``, export, re-calibration)."""
+        path = self.path(META)
         for name, digest in self.files.items():
             if not digest:
-                self.files[name] = fileio.sha256(self.path(name))
-        fileio.write_json(self.path(META), self.to_dict())
+                self.files[name] = self._hash(name)
+        meta = self.to_dict()
+        _non_finite(meta, path)
+        meta = json.loads(fileio.dumps(meta))  # exactly what a reader will parse
+        validate(meta, path)
+        meta[CONTENT_KEY] = content_checksum(meta)
+        fileio.write_json(path, meta)
 
     def add_files(self, names: Sequence[str], update: Optional[Callable[["Artifact"], None]] = None) -> "Artifact":
         """Register new files (exported graphs, engines) with their checksums — only these are
         hashed, so a file already listed is never re-blessed from what is on disk — apply
         ``update`` and write model.json."""
         for name in names:
-            self.files[name] = fileio.sha256(self.path(name))
+            self.files[name] = self._hash(name)
         if update is not None:
             update(self)
         self.write()
         return self
+
+
+def weights_metadata(class_names: Sequence[str]) -> Dict[str, str]:
+    """The safetensors header metadata of ``weights.safetensors``: the class order it is trained with."""
+    return {WEIGHTS_CLASSES: json.dumps(list(class_names))}
+
+
+def _inside(run_dir: str, name: str) -> None:
+    """Refuse a file of the artifact that is a link resolving outside the model directory."""
+    fp = os.path.join(run_dir, name)
+    if not fileio.within(fp, run_dir):
+        raise ArtifactError(f"{fp} is a link to {os.path.realpath(fp)}, outside the model directory: "
+                            "refusing to read it (copy the file into the directory)")
 
 
 def _precision_rank(p: str) -> int:
@@ -394,3 +505,4 @@ def load_tensors(run_dir: str, name: str) -> dict:
         return load_file(path)
     except (SafetensorError, OSError, ValueError) as e:
         raise ArtifactError(f"cannot read {path} as safetensors: {e}") from e
+
