@@ -1,11 +1,14 @@
 """Calibration on held-out normal images: per-class normalizers, score distributions, thresholds.
 
 No anomalous sample is needed: the threshold is the (1 − target FPR) quantile of the image
-scores of held-out normal images of that class, and can be moved at load time.
+scores of held-out normal images of that class, and can be moved at load time. n scores resolve
+an FPR down to 1/n; a finer one is read off a Gumbel distribution fitted to them (an image score
+is the maximum of a map, and maxima have Gumbel tails), never below their largest score.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
@@ -46,14 +49,49 @@ def image_scores(raws: Sequence[FrameRaw], norm: Normalizer, image_size: int, co
                               image_size, combine).max()) for i, r in enumerate(raws)]
 
 
+# Fewer scores than this fit no tail: an FPR finer than 1/n then gets their largest score.
+MIN_TAIL_SCORES = 5
+_EULER_GAMMA = 0.5772156649015329
+
+
+def threshold_basis(n_scores: int, target_fpr: float) -> str:
+    """How :func:`threshold` sets a threshold from ``n_scores`` normal scores at ``target_fpr``:
+    "empirical" (FPR ≥ 1/n, the sample quantile), "gumbel" (finer, extrapolated from the fitted
+    tail) or "max" (finer, but fewer than ``MIN_TAIL_SCORES`` scores: the largest of them)."""
+    if target_fpr * n_scores >= 1.0:
+        return "empirical"
+    return "gumbel" if n_scores >= MIN_TAIL_SCORES else "max"
+
+
+def gumbel_quantile(scores: Sequence[float], q: float) -> float:
+    """The ``q`` quantile of the Gumbel (maximum) distribution with the mean and standard deviation
+    (ddof 1) of ``scores``: μ − β·ln(−ln q), β = σ·√6/π, μ = mean − γ·β (float64)."""
+    s = np.asarray(scores, dtype=np.float64)
+    beta = float(s.std(ddof=1)) * math.sqrt(6.0) / math.pi
+    mu = float(s.mean()) - _EULER_GAMMA * beta
+    return mu - beta * math.log(-math.log(q))
+
+
 def threshold(scores: Sequence[float], target_fpr: float) -> Tuple[float, float]:
-    """(threshold, spread): the (1 − FPR) quantile of normal scores and a scale for the logistic."""
+    """(threshold, spread) of a class at ``target_fpr`` from its normal calibration scores.
+
+    The threshold is the (1 − FPR) sample quantile (``method="higher"``) when the scores resolve
+    the FPR (FPR ≥ 1/n); for a finer FPR the larger of their maximum and the (1 − FPR) quantile of
+    a Gumbel fitted to them (:func:`threshold_basis`), so a larger FPR never gives a higher one. The
+    spread (scale of the logistic score) is threshold − median (fallback: their std).
+    """
     if not 0.0 < target_fpr < 1.0:
         raise ValueError(f"target_fpr must be in (0, 1), got {target_fpr}")
     s = np.sort(np.asarray(scores, dtype=np.float64))
     if s.size == 0:
         raise ValueError("no calibration scores stored for this class")
-    thr = float(np.quantile(s, 1.0 - target_fpr, method="higher"))
+    basis = threshold_basis(s.size, target_fpr)
+    if basis == "empirical":
+        thr = float(np.quantile(s, 1.0 - target_fpr, method="higher"))
+    elif basis == "gumbel":
+        thr = max(float(s[-1]), gumbel_quantile(s, 1.0 - target_fpr))
+    else:
+        thr = float(s[-1])
     spread = thr - float(np.median(s))
     if spread <= 0:
         spread = float(s.std()) or max(abs(thr) * 1e-3, 1e-12)

@@ -9,7 +9,7 @@ import numpy as np
 
 from hgad_edge import artifact
 from hgad_edge.artifact import Artifact
-from hgad_edge.calibrate import threshold as quantile_threshold
+from hgad_edge.calibrate import MIN_TAIL_SCORES, threshold_basis, threshold as quantile_threshold
 from hgad_edge.gmm import GaussianMixture
 from hgad_edge.postprocess import COMBINE_MODES, FrameRaw, finalize
 from hgad_edge.preprocess import to_bgr
@@ -89,6 +89,7 @@ class Detector:
                              "(written by an older hgad_edge); retrain, or pick one of those")
         self.normalizers = [art.normalizer(c, *self._variant) for c in self.class_names]
         self.scorer = Scorer(self._backend, gmms, art.feature_shapes, self.image_size)
+        self._fpr_warned: set = set()
         self.set_target_fpr(target_fpr if target_fpr is not None else art.target_fpr)
 
     @property
@@ -113,10 +114,32 @@ class Detector:
         self.close()
 
     def set_target_fpr(self, target_fpr: float) -> None:
-        """Move every class threshold to the (1 − ``target_fpr``) quantile of its normal scores."""
+        """Move every class threshold to the (1 − ``target_fpr``) quantile of its normal scores
+        (``calibrate.threshold``). ``threshold_info`` then says per class how it was set: {"n"
+        (calibration scores), "finest_fpr" (1/n, the finest FPR they resolve), "basis"
+        ("empirical", "gumbel" tail or "max")}; an FPR finer than 1/n is logged once, at the first
+        frame scored with it."""
+        scores = [self.artifact.scores(c, self.combine, *self._variant) for c in self.class_names]
+        self.thresholds = [quantile_threshold(s, target_fpr) for s in scores]  # validates the FPR
         self.target_fpr = float(target_fpr)
-        self.thresholds = [quantile_threshold(self.artifact.scores(c, self.combine, *self._variant),
-                                              self.target_fpr) for c in self.class_names]
+        self.threshold_info = {c: {"n": len(s), "finest_fpr": 1.0 / len(s),
+                                   "basis": threshold_basis(len(s), self.target_fpr)}
+                               for c, s in zip(self.class_names, scores)}
+        coarse = {c: b for c, b in self.threshold_info.items() if b["basis"] != "empirical"}
+        # logged at the first frame scored at this FPR: a run that fails before scoring prints only its error
+        self._fpr_note = None
+        if coarse and self.target_fpr not in self._fpr_warned:
+            by_n: dict = {}
+            for c, b in coarse.items():
+                by_n.setdefault(b["n"], []).append(c)
+            self._fpr_note = (
+                f"target FPR {self.target_fpr:g} is finer than the calibration scores resolve ("
+                + "; ".join(f"{', '.join(cs)}: n = {n}, finest FPR 1/n = {1.0 / n:.3g}" for n, cs in by_n.items())
+                + "): thresholds " + " and ".join(
+                    {"gumbel": "extrapolated from a Gumbel tail fitted to the scores",
+                     "max": f"at the largest score (fewer than {MIN_TAIL_SCORES} scores fit no tail)"}[b]
+                    for b in sorted({b["basis"] for b in coarse.values()}))
+                + "; hold out more normal images (--calib-fraction) for an empirical threshold")
 
     def class_index(self, class_name: Optional[str]) -> Optional[int]:
         if class_name is None:
@@ -144,6 +167,10 @@ class Detector:
         if self.channel_order != "bgr":
             frames = [to_bgr(f, self.channel_order) for f in frames]
         idx = [self.class_index(c) for c in class_names]
+        if self._fpr_note is not None:  # once per FPR
+            log.warning(self._fpr_note)
+            self._fpr_warned.add(self.target_fpr)
+            self._fpr_note = None
         raws, timings = self.scorer.raw(frames, idx)
         results = []
         for frame, raw in zip(frames, raws):

@@ -225,7 +225,10 @@ def score_drift(parent_raws, child_raws, parent: Artifact) -> Dict[str, float]:
         norm = parent.normalizer(name)
         worst = 0.0
         for mode in parent.calibrated_maps():
-            _, spread = threshold(parent.scores(name, mode), parent.target_fpr)
+            # the spread at an FPR the scores resolve (threshold extrapolates finer ones, which
+            # would widen the unit and make the drift depend on the target FPR)
+            stored = parent.scores(name, mode)
+            _, spread = threshold(stored, min(0.5, max(parent.target_fpr, 1.0 / len(stored))))
             # the stored normalizer as the Detector applies it (no leave-one-out: that is for the
             # calibration scores, and would move the means with the frames scored here)
             sp = np.array([score_map(r, norm, size, mode)[1] for r in pr])
@@ -420,7 +423,8 @@ def add_classes(parent_dir: str, data_root: str, new_classes, out_dir: str, trai
                        "mosaics_per_epoch": n_mos,
                        "buffer_samples": int(buf_labels.numel()),
                        "buffer_mb": round(replay_mod.size_mb(buf_feats) if buf_feats is not None else 0.0, 3)},
-            "calibration": {"drift_tolerance": drift_tol, "drift": drift, "recalibrated": recalibrated,
+            "calibration": {"drift_tolerance": drift_tol if math.isfinite(drift_tol) else None,  # null: none
+                            "drift": drift, "recalibrated": recalibrated,
                             "new": list(new)},
             "train_s": round(time.perf_counter() - t_start, 1)}
     art = loop.write_artifact(out_dir, model, mcfg, train_cfg, calibration, history, data_info,
