@@ -56,18 +56,21 @@ void check_class(int c, int n_classes) {
                           std::to_string(c));
 }
 
-// _C.route_cuda: class_out = class_index, or the multi-level argmax of the (L, C) means.
-void route_cuda(uintptr_t means, int n_levels, int n_classes, int class_index, uintptr_t class_out,
+// _C.route_cuda: class_out = class_index, or route_votes of the (L, C) votes and means.
+void route_cuda(uintptr_t votes, uintptr_t means, int n_levels, int n_classes, int class_index, uintptr_t class_out,
                 uintptr_t stream) {
   if (n_levels < 1) throw py::value_error("n_levels must be >= 1, got " + std::to_string(n_levels));
   if (n_classes < 1) throw py::value_error("n_classes must be >= 1, got " + std::to_string(n_classes));
   check_class(class_index, n_classes);
   check_ptr(class_out, "class_out");
-  if (class_index < 0) check_ptr(means, "means");
+  if (class_index < 0) {
+    check_ptr(votes, "votes");
+    check_ptr(means, "means");
+  }
 #if defined(WITH_CUDA)
   py::gil_scoped_release nogil;
-  hgad::gmm::route_cuda(reinterpret_cast<const float*>(means), n_levels, n_classes, class_index,
-                        reinterpret_cast<int32_t*>(class_out), stream);
+  hgad::gmm::route_cuda(reinterpret_cast<const float*>(votes), reinterpret_cast<const float*>(means), n_levels,
+                        n_classes, class_index, reinterpret_cast<int32_t*>(class_out), stream);
 #else
   (void)stream;
   no_cuda();
@@ -123,13 +126,13 @@ class GMMParams {
   int dim() const { return D_; }
 
   // Runs the CPU kernel; any output may be null.
-  int run(const FloatArray& z, const float* logdet, int c, float* logp, float* entropy, float* mean,
+  int run(const FloatArray& z, const float* logdet, int c, float* logp, float* entropy, float* mean, float* votes,
           float* posterior) const {
     const int64_t n = check_z(z);
     if (c < -1 || c >= C_) throw py::value_error("class_index must be -1 (auto) or 0.." + std::to_string(C_ - 1));
     const auto p = cpu_params();
     py::gil_scoped_release nogil;
-    return hgad::gmm::fused_cpu(p, z.data(), logdet, n, c, logp, entropy, mean, posterior);
+    return hgad::gmm::fused_cpu(p, z.data(), logdet, n, c, logp, entropy, mean, votes, posterior);
   }
 
   hgad::gmm::CpuParams cpu_params() const {
@@ -148,7 +151,8 @@ class GMMParams {
     const int64_t n = check_z(z);
     check_logdet(logdet, n);
     FloatArray logp(n), entropy(n), mean(C_);
-    const int routed = run(z, logdet.data(), c, logp.mutable_data(), entropy.mutable_data(), mean.mutable_data(), nullptr);
+    const int routed = run(z, logdet.data(), c, logp.mutable_data(), entropy.mutable_data(), mean.mutable_data(),
+                           nullptr, nullptr);
     return py::make_tuple(logp, entropy, mean, routed);
   }
 
@@ -160,14 +164,15 @@ class GMMParams {
     float* lp = out_ptr(logp, {n}, "logp");
     float* en = out_ptr(entropy, {n}, "entropy");
     float* me = out_ptr(mean, {C_}, "posterior_mean");
-    return run(z, logdet.data(), c, lp, en, me, nullptr);
+    return run(z, logdet.data(), c, lp, en, me, nullptr, nullptr);
   }
 
+  // (entropy (N), posterior image mean (C), vote shares (C)).
   py::tuple inter(const FloatArray& z) const {
     const int64_t n = check_z(z);
-    FloatArray entropy(n), mean(C_);
-    run(z, nullptr, -1, nullptr, entropy.mutable_data(), mean.mutable_data(), nullptr);
-    return py::make_tuple(entropy, mean);
+    FloatArray entropy(n), mean(C_), votes(C_);
+    run(z, nullptr, -1, nullptr, entropy.mutable_data(), mean.mutable_data(), votes.mutable_data(), nullptr);
+    return py::make_tuple(entropy, mean, votes);
   }
 
   FloatArray intra(const FloatArray& z, const FloatArray& logdet, int c) const {
@@ -175,7 +180,7 @@ class GMMParams {
     check_logdet(logdet, n);
     if (c < 0) throw py::value_error("intra needs class_index in 0.." + std::to_string(C_ - 1));
     FloatArray logp(n);
-    run(z, logdet.data(), c, logp.mutable_data(), nullptr, nullptr, nullptr);
+    run(z, logdet.data(), c, logp.mutable_data(), nullptr, nullptr, nullptr, nullptr);
     return logp;
   }
 
@@ -196,32 +201,36 @@ class GMMParams {
   FloatArray posterior(const FloatArray& z) const {
     const int64_t n = check_z(z);
     FloatArray post({static_cast<py::ssize_t>(n), static_cast<py::ssize_t>(C_)});
-    run(z, nullptr, -1, nullptr, nullptr, nullptr, post.mutable_data());
+    run(z, nullptr, -1, nullptr, nullptr, nullptr, nullptr, post.mutable_data());
     return post;
   }
 
   // Raw device pointers (from __cuda_array_interface__, resolved by hgad_edge/gmm.py).
   void fused_cuda(uintptr_t z, bool z_half, uintptr_t logdet, int64_t n, int c, uintptr_t logp, uintptr_t entropy,
-                  uintptr_t mean, uintptr_t class_out, uintptr_t stream) {
+                  uintptr_t mean, uintptr_t votes, uintptr_t class_out, uintptr_t stream) {
 #if defined(WITH_CUDA)
     if (c < -1 || c >= C_) throw py::value_error("class_index must be -1 (auto) or 0.." + std::to_string(C_ - 1));
     if (n < 0) throw py::value_error("n must be >= 0");
+    if (c < 0) check_ptr(votes, "votes");
     const auto& dev = device_params();
     py::gil_scoped_release nogil;
     hgad::gmm::fused_cuda(dev, reinterpret_cast<const void*>(z), z_half, reinterpret_cast<const float*>(logdet), n,
                           c, reinterpret_cast<float*>(logp), reinterpret_cast<float*>(entropy),
-                          reinterpret_cast<float*>(mean), reinterpret_cast<int32_t*>(class_out), stream);
+                          reinterpret_cast<float*>(mean), reinterpret_cast<float*>(votes),
+                          reinterpret_cast<int32_t*>(class_out), stream);
 #else
-    (void)z, (void)z_half, (void)logdet, (void)n, (void)c, (void)logp, (void)entropy, (void)mean, (void)class_out,
-        (void)stream;
+    (void)z, (void)z_half, (void)logdet, (void)n, (void)c, (void)logp, (void)entropy, (void)mean, (void)votes,
+        (void)class_out, (void)stream;
     no_cuda();
 #endif
   }
 
-  // Inter part of this level: entropy (n) and posterior image mean (C) on the device.
-  void inter_cuda(uintptr_t z, bool z_half, int64_t n, uintptr_t entropy, uintptr_t mean, uintptr_t stream) {
+  // Inter part of this level: entropy (n), posterior image mean (C) and vote shares (C) on the device.
+  void inter_cuda(uintptr_t z, bool z_half, int64_t n, uintptr_t entropy, uintptr_t mean, uintptr_t votes,
+                  uintptr_t stream) {
     check_n(n);
     check_ptr(mean, "mean");
+    check_ptr(votes, "votes");
     if (n > 0) {
       check_ptr(z, "z");
       check_ptr(entropy, "entropy");
@@ -230,7 +239,7 @@ class GMMParams {
     const auto& dev = device_params();
     py::gil_scoped_release nogil;
     hgad::gmm::inter_cuda(dev, reinterpret_cast<const void*>(z), z_half, n, reinterpret_cast<float*>(entropy),
-                          reinterpret_cast<float*>(mean), stream);
+                          reinterpret_cast<float*>(mean), reinterpret_cast<float*>(votes), stream);
 #else
     (void)z_half, (void)stream;
     no_cuda();
@@ -303,26 +312,28 @@ PYBIND11_MODULE(_C, m) {
       .def("posterior", &GMMParams::posterior, py::arg("z"))
       .def("fused_all", &GMMParams::fused_all, py::arg("z"), py::arg("logdet"))
       .def("fused_cuda", &GMMParams::fused_cuda, py::arg("z"), py::arg("z_half"), py::arg("logdet"), py::arg("n"),
-           py::arg("class_index"), py::arg("logp"), py::arg("entropy"), py::arg("posterior_mean"),
+           py::arg("class_index"), py::arg("logp"), py::arg("entropy"), py::arg("posterior_mean"), py::arg("votes"),
            py::arg("class_out"), py::arg("stream"),
            "The fused kernel on raw device pointers, asynchronous on stream. class_index -1 routes on THIS level's\n"
-           "posterior mean only; for the multi-level rule use inter_cuda per level, route_cuda, intra_cuda per level.")
+           "votes and posterior mean only (votes (C,) f32 is then written; it may be 0 for a given class); for the\n"
+           "multi-level rule use inter_cuda per level, route_cuda, intra_cuda per level.")
       .def("inter_cuda", &GMMParams::inter_cuda, py::arg("z"), py::arg("z_half"), py::arg("n"), py::arg("entropy"),
-           py::arg("mean"), py::arg("stream"),
+           py::arg("mean"), py::arg("votes"), py::arg("stream"),
            "Inter part of this level on raw device pointers, asynchronous on stream (a cudaStream_t; 0 = legacy\n"
-           "default). z: (n, D) float32, or float16 when z_half. Writes entropy (n,) f32 and the posterior image\n"
-           "mean (C,) f32 (zeroed, then accumulated; n = 0 gives zeros). The first CUDA call of a GMMParams\n"
-           "uploads the mixture to the current device (synchronous, once).")
+           "default). z: (n, D) float32, or float16 when z_half. Writes entropy (n,) f32, the posterior image\n"
+           "mean (C,) f32 and the vote shares (C,) f32 (share of positions whose posterior argmax is c; n = 0\n"
+           "gives zeros). The first CUDA call of a GMMParams uploads the mixture to the current device\n"
+           "(synchronous, once).")
       .def("intra_cuda", &GMMParams::intra_cuda, py::arg("z"), py::arg("z_half"), py::arg("logdet"), py::arg("n"),
            py::arg("class_ptr"), py::arg("logp"), py::arg("stream"),
            "Intra part of this level on raw device pointers, asynchronous on stream. z: (n, D) f32 (f16 when\n"
            "z_half), logdet (n,) f32; the class is the int32 at class_ptr, read inside the kernel (no host\n"
            "sync). Writes logp (n,) f32; a class outside 0..C-1 gives NaN logp (nothing out of bounds is read).");
-  m.def("route_cuda", &route_cuda, py::arg("means"), py::arg("n_levels"), py::arg("n_classes"),
+  m.def("route_cuda", &route_cuda, py::arg("votes"), py::arg("means"), py::arg("n_levels"), py::arg("n_classes"),
         py::arg("class_index"), py::arg("class_out"), py::arg("stream"),
         "Writes the routed class to class_out (1,) int32 on the device, asynchronous on stream (one\n"
-        "single-thread kernel, no host sync). class_index >= 0 is written as is (means is not read); -1 writes\n"
-        "argmax over c of the mean over levels of means[l, c], means (n_levels, n_classes) float32 row-major\n"
-        "on the device: the first maximum wins and a NaN counts as the maximum (np.argmax of np.mean(means,\n"
-        "axis=0), hgad_edge.gmm.route). Raises ValueError on bad arguments, RuntimeError without CUDA.");
+        "single-thread kernel, no host sync). class_index >= 0 is written as is (votes, means are not read);\n"
+        "-1 writes hgad_edge.gmm.route of votes and means, both (n_levels, n_classes) float32 row-major on the\n"
+        "device: the largest level-mean vote share, ties by the level-mean posterior mean, then the first; a\n"
+        "NaN counts as the maximum. Raises ValueError on bad arguments, RuntimeError without CUDA.");
 }

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from dataclasses import dataclass
 from typing import Any, Dict, Tuple
 
@@ -24,6 +26,27 @@ def check_pool(pool: Tuple[int, ...], n_levels: int) -> None:
     """Refuse pool windows that are not one odd size >= 1 per level."""
     if len(pool) != n_levels or any(k < 1 or k % 2 == 0 for k in pool):
         raise ValueError(f"pool needs one odd window >= 1 per level ({n_levels} levels), got {list(pool)}")
+
+
+MAX_IMAGE_SIZE = 4096  # S beyond this does not fit a backbone pass in memory on any edge box
+
+
+def _number(name: str, value: Any, lo: float, hi: float = math.inf, lo_open: bool = False, hi_open: bool = False,
+            integer: bool = False) -> None:
+    """Refuse (``ValueError`` naming the setting, its flag and the accepted range) a value that is
+    not a finite number in the range; NaN and ±inf are never accepted."""
+    kind = numbers.Integral if integer else numbers.Real
+    ok = isinstance(value, kind) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi)
+    if not ok:
+        flag = "--" + name.replace("_", "-")
+        fmt = (lambda v: str(int(v))) if integer else (lambda v: f"{v:g}")
+        if hi == math.inf:
+            rng = f"{'>' if lo_open else '>='} {fmt(lo)}"
+        else:
+            rng = f"in {'(' if lo_open else '['}{fmt(lo)}, {fmt(hi)}{')' if hi_open else ']'}"
+        what = "an integer" if integer else "a finite number"
+        raise ValueError(f"{name} ({flag}) must be {what} {rng}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -66,6 +89,27 @@ class ModelConfig:
     pool: Tuple[int, ...] = ()
 
     def __post_init__(self):
+        names = self.class_names
+        if (not names or any(not isinstance(n, str) or not n.strip() for n in names)
+                or len(set(names)) != len(names)):
+            raise ValueError(f"class_names must be distinct non-empty names, got {list(names)}")
+        _number("image_size", self.image_size, 32, MAX_IMAGE_SIZE, integer=True)
+        if not self.levels:
+            raise ValueError("levels (--levels) needs at least one stage@scale level")
+        for lv in self.levels:
+            stage, scale = lv
+            if (isinstance(stage, bool) or not isinstance(stage, numbers.Integral) or stage < 0
+                    or not isinstance(scale, numbers.Real) or not 0 < scale <= 1):  # NaN fails 0 < scale
+                raise ValueError(f"levels (--levels): each level is stage@scale with a stage index >= 0 and a "
+                                 f"scale in (0, 1], got {stage}@{scale}")
+        _number("coupling_blocks", self.coupling_blocks, 1, integer=True)
+        _number("n_intra", self.n_intra, 1, integer=True)
+        _number("pad", self.pad, 0, integer=True)
+        _number("clamp", self.clamp, 0, lo_open=True)
+        _number("hidden_ratio", self.hidden_ratio, 0, lo_open=True)
+        _number("center_scale", self.center_scale, 0, lo_open=True)
+        if not isinstance(self.pos_dim, numbers.Integral) or self.pos_dim < 4 or self.pos_dim % 4:
+            raise ValueError(f"pos_dim must be a multiple of 4 (2-D sin/cos encoding), got {self.pos_dim!r}")
         if not self.pool:  # the default rule, written out so the artifact records what ran
             object.__setattr__(self, "pool", default_pool(self.levels))
         pool = tuple(int(k) for k in self.pool)
@@ -121,3 +165,25 @@ class TrainConfig:
     seed: int = 0
     num_workers: int = 0
     augment: bool = False
+
+    def __post_init__(self):
+        # Refused here, before anything runs: a NaN rate or weight trains for the full time and
+        # writes a model that never fires; 0 epochs writes an untrained one.
+        _number("epochs", self.epochs, 1, integer=True)
+        _number("batch_size", self.batch_size, 1, integer=True)
+        _number("lr", self.lr, 0, lo_open=True)
+        if len(self.betas) != 2:
+            raise ValueError(f"betas needs two values in [0, 1), got {self.betas!r}")
+        for b in self.betas:
+            _number("betas", b, 0, 1, hi_open=True)
+        _number("center_lr_mult", self.center_lr_mult, 0, lo_open=True)
+        _number("lambda1", self.lambda1, 0)
+        if not (isinstance(self.lambda2, numbers.Real) and math.isfinite(self.lambda2) and self.lambda2 >= 0):
+            raise ValueError(f"lambda2 (--lambda-mi) must be a finite number >= 0, got {self.lambda2!r}")
+        _number("label_smoothing", self.label_smoothing, 0, 1, hi_open=True)
+        _number("stage1_epochs", self.stage1_epochs, 0, integer=True)
+        _number("warmup_epochs", self.warmup_epochs, 0, integer=True)
+        _number("calib_fraction", self.calib_fraction, 0, 1, hi_open=True)
+        _number("target_fpr", self.target_fpr, 0, 1, lo_open=True, hi_open=True)
+        _number("seed", self.seed, 0, 2**32 - 1, integer=True)
+        _number("num_workers", self.num_workers, 0, integer=True)

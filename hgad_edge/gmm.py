@@ -3,13 +3,16 @@
 Per level: ``N`` positions, ``D`` dims, ``C`` classes, ``K`` intra-class centers per class.
 
 * inter: ``d_c = ||z - mu_c||²``, ``logits = -½ d + log_pi_inter``, posterior = softmax over
-  ``c`` (N, C), its entropy (N) and its image mean (C).
+  ``c`` (N, C), its entropy (N), its image mean (C) and the vote shares (C): per class the share
+  of positions whose posterior argmax (``np.argmax``: first maximum, a NaN wins) it is.
 * intra (class ``c``): ``logp = [-½ log(2π)·D + logsumexp_k(-½ ||z - mu_intra[c,k]||² +
   log_pi_intra[c,k]) + logdet] / D`` (N).
-* routing: the class is given (``c >= 0``) or auto (``c = -1``: argmax of this call's
-  posterior image mean; the first maximum wins, a NaN counts as the maximum like ``np.argmax``).
-  Across the L levels of a model the rule is :func:`route`: argmax of the level-averaged
-  posterior image means (the CPU path), and :func:`route_cuda` on the device, between
+* routing: the class is given (``c >= 0``) or auto (``c = -1``: :func:`route` of this call's
+  votes and posterior mean, one level). Across the L levels of a model the rule is
+  :func:`route`: the class with the most level-averaged votes, ties by the level-averaged
+  posterior image mean (a plurality of positions, so anomalous positions — which can be
+  confidently "another class" — cannot drag the class away unless they outnumber the normal
+  ones; README "Routing under anomaly"), and :func:`route_cuda` on the device, between
   :meth:`GaussianMixture.inter_cuda` and :meth:`GaussianMixture.intra_cuda` on every level.
 
 Backends: the fused native kernel ``hgad_edge._C`` (C++/OpenMP on CPU, CUDA on GPU; see
@@ -18,8 +21,9 @@ README "Native kernel" and docs/design.md §1) and a numpy fallback (BLAS expans
 
 NaN policy: NaN propagates. A NaN in row ``i`` of ``z`` (or in ``logdet[i]``) makes
 ``logp[i]`` (and, for ``z``, ``entropy[i]`` and the whole ``posterior_mean``) NaN; other rows
-are unaffected. Nothing raises on NaN. ``N = 0`` gives empty ``logp``/``entropy`` and a
-posterior mean of zeros (no position, no mass); auto-routing then picks class 0.
+are unaffected. Nothing raises on NaN; a NaN posterior row votes for its first NaN class.
+``N = 0`` gives empty ``logp``/``entropy``, a posterior mean and votes of zeros (no position, no
+mass); auto-routing then picks class 0.
 """
 from __future__ import annotations
 
@@ -44,7 +48,7 @@ BACKENDS = ("auto", "native", "numpy")
 LOG_2PI = math.log(2.0 * math.pi)
 
 __all__ = ["GMMOutput", "GaussianMixture", "reference_posterior", "reference_inter", "reference_intra",
-           "route", "route_cuda", "has_native", "has_cuda", "BACKENDS"]
+           "route", "route_cuda", "votes_of", "has_native", "has_cuda", "BACKENDS"]
 _NO_CUDA = ("hgad_edge._C was built without CUDA (has_cuda() is False); "
             "rebuild with FORCE_CUDA=1 pip install -e . on a machine with nvcc")
 
@@ -188,32 +192,53 @@ def _torch_outputs(z, n: int, n_classes: int) -> tuple:
 
 
 # ----------------------------------------------------------------------------- routing
-def route(level_means) -> int:
-    """The class of an image from its per-level posterior image means: THE routing rule.
+def votes_of(posterior) -> np.ndarray:
+    """Vote shares (C,) float32 of a posterior (N, C): per class the count of rows whose
+    ``np.argmax`` (first maximum, a NaN wins) it is, divided by N in float32 (zeros when N = 0)."""
+    p = np.asarray(posterior)
+    n, c = p.shape
+    counts = np.bincount(np.argmax(p, axis=1), minlength=c) if n else np.zeros(c, np.int64)
+    return counts.astype(np.float32) / np.float32(max(n, 1))  # (C,)
 
-    ``argmax_c mean_l level_means[l, c]``, i.e. ``int(np.argmax(np.mean(level_means, axis=0)))``:
-    the first maximum wins and a NaN counts as the maximum (``np.argmax``). One level is the
-    special case ``L = 1``. :func:`route_cuda` applies the same rule on the device (bit for bit
-    on float32 means).
+
+def route(level_votes, level_means) -> int:
+    """The class of an image from its per-level vote shares and posterior image means: THE
+    routing rule (docs/design.md §1 gmm; README "Routing under anomaly").
+
+    The class with the largest level-averaged vote share ``mean_l level_votes[l, c]``: each
+    position votes for the argmax of its posterior, so every position weighs the same however
+    sure it is — a defect, which can be confidently "another class" at its own positions, moves
+    the class only by covering more positions than the normal surface (the image-mean posterior
+    let a confident defect outweigh a larger, less confidently classified surface). Among classes
+    tied on it, the largest level-averaged posterior mean ``mean_l level_means[l, c]``, then the
+    first. A NaN counts as the maximum where it is compared (``np.argmax``). One level is
+    ``L = 1``. :func:`route_cuda` applies the same rule on the device (bit for bit on float32
+    inputs).
 
     Args:
-        level_means: (L, C) array-like, or a list of L (C,) arrays (``GaussianMixture.inter(z)[1]``
-            of every level), L >= 1, C >= 1.
+        level_votes: (L, C) array-like, or a list of L (C,) arrays (:func:`votes_of` /
+            ``GaussianMixture.inter_votes(z)[2]`` of every level), L >= 1, C >= 1.
+        level_means: (L, C), the posterior image means of the same levels (``inter(z)[1]``).
 
     Returns:
         The class index in ``0..C-1``.
 
     Raises:
-        ValueError: when ``level_means`` is not (L, C) with L, C >= 1.
+        ValueError: when the two are not both (L, C) with L, C >= 1.
     """
-    means = np.asarray(level_means)
-    if means.ndim != 2 or means.shape[0] < 1 or means.shape[1] < 1:
-        raise ValueError(f"level_means must be (L, C) with L, C >= 1 (one (C,) posterior mean per level), "
-                         f"got shape {means.shape}")
-    return int(np.argmax(np.mean(means, axis=0)))
+    votes, means = np.asarray(level_votes), np.asarray(level_means)
+    if votes.ndim != 2 or votes.shape[0] < 1 or votes.shape[1] < 1 or means.shape != votes.shape:
+        raise ValueError(f"level_votes and level_means must both be (L, C) with L, C >= 1 (one (C,) row per "
+                         f"level), got shapes {votes.shape} and {means.shape}")
+    share = np.mean(votes, axis=0)  # (C,)
+    best = int(np.argmax(share))
+    if np.isnan(share[best]):
+        return best
+    tied = np.flatnonzero(share == share[best])  # (T,) ascending, best first
+    return int(tied[np.argmax(np.mean(means, axis=0)[tied])])
 
 
-def route_cuda(means_ptr: int, n_levels: int, n_classes: int, class_index: int, class_ptr: int,
+def route_cuda(votes_ptr: int, means_ptr: int, n_levels: int, n_classes: int, class_index: int, class_ptr: int,
                stream=0) -> None:
     """:func:`route` on the device: writes the routed class to device memory, asynchronously.
 
@@ -221,14 +246,15 @@ def route_cuda(means_ptr: int, n_levels: int, n_classes: int, class_index: int, 
     stays on the device for :meth:`GaussianMixture.intra_cuda` (same stream, or after an event).
 
     Args:
-        means_ptr: device pointer (int) of the (n_levels, n_classes) float32 row-major per-level
-            posterior image means (each row written by :meth:`GaussianMixture.inter_cuda`). Not
-            read when ``class_index >= 0`` (may then be 0).
+        votes_ptr: device pointer (int) of the (n_levels, n_classes) float32 row-major per-level
+            vote shares (each row written by :meth:`GaussianMixture.inter_cuda`). Not read when
+            ``class_index >= 0`` (may then be 0).
+        means_ptr: device pointer (int) of the (n_levels, n_classes) float32 per-level posterior
+            image means (the tie-break). Not read when ``class_index >= 0`` (may then be 0).
         n_levels: L >= 1.
         n_classes: C >= 1.
-        class_index: ``-1`` to route (argmax over c of the mean over levels; the first maximum
-            wins, a NaN counts as the maximum, like :func:`route`), or a class ``0..C-1`` that is
-            written as is.
+        class_index: ``-1`` to route (:func:`route` of the votes and means), or a class
+            ``0..C-1`` that is written as is.
         class_ptr: device pointer (int) of the (1,) int32 output.
         stream: ``cudaStream_t`` as an int (0 = legacy default stream), or a torch / cupy /
             pycuda stream object.
@@ -245,9 +271,10 @@ def route_cuda(means_ptr: int, n_levels: int, n_classes: int, class_index: int, 
     c = _count(class_index, "class_index", -1)
     if c >= n_classes:
         raise ValueError(f"class_index must be -1 (route) or 0..{n_classes - 1}, got {class_index}")
+    votes = _device_ptr(votes_ptr, "votes_ptr", required=c < 0)
     means = _device_ptr(means_ptr, "means_ptr", required=c < 0)
     cls = _device_ptr(class_ptr, "class_ptr")
-    _C.route_cuda(means, n_levels, n_classes, c, cls, _stream_handle(stream, {}))
+    _C.route_cuda(votes, means, n_levels, n_classes, c, cls, _stream_handle(stream, {}))
 
 
 # ----------------------------------------------------------------------------- wrapper
@@ -343,13 +370,13 @@ class GaussianMixture:
         distance (error ∝ |z|·|μ| instead of |z|²). The ONNX full graph does the same."""
         return z @ self.mu.T - 0.5 * self._mu_sq[None, :] + self.log_pi_inter[None, :]  # (N, C)
 
-    def _np_inter(self, z: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _np_inter(self, z: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         logits = self._np_logits(z)  # (N, C)
         logq = logits - _logsumexp(logits, axis=1)[:, None]  # (N, C)
         p = np.exp(logq)  # (N, C)
         entropy = -np.einsum("nc,nc->n", p, logq)  # (N,)  p underflows to 0 where logq is finite
         mean = p.sum(axis=0) / max(z.shape[0], 1)  # (C,)
-        return entropy.astype(np.float32), mean.astype(np.float32), p
+        return entropy.astype(np.float32), mean.astype(np.float32), p, votes_of(p)
 
     def _np_intra(self, z: np.ndarray, logdet: np.ndarray, c: int) -> np.ndarray:
         d = self._sqdist(z, self.mu_intra[c], self._mu_intra_sq[c])  # (N, K)
@@ -366,11 +393,17 @@ class GaussianMixture:
 
     def inter(self, z) -> Tuple[np.ndarray, np.ndarray]:
         """(entropy (N,), posterior_mean (C,)) of the inter-class posterior."""
+        entropy, mean, _ = self.inter_votes(z)
+        return entropy, mean
+
+    def inter_votes(self, z) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(entropy (N,), posterior_mean (C,), votes (C,)): :meth:`inter` and the vote shares
+        (:func:`votes_of` of the posterior) that :func:`route` needs, in one pass."""
         z = self._z(z)
         if self._native is not None:
             return self._native.inter(z)
-        entropy, mean, _ = self._np_inter(z)
-        return entropy, mean
+        entropy, mean, _, votes = self._np_inter(z)
+        return entropy, mean, votes
 
     def intra(self, z, logdet, class_index: int) -> np.ndarray:
         """Intra-class log-likelihood / D (N,) of class ``class_index``."""
@@ -390,7 +423,7 @@ class GaussianMixture:
         logdet = self._logdet(logdet, z.shape[0])
         if self._native is not None:
             return self._native.fused_all(z, logdet)
-        entropy, mean, _ = self._np_inter(z)
+        entropy, mean, _, _ = self._np_inter(z)
         out = np.empty((z.shape[0], self.n_classes), dtype=np.float32)  # (N, C)
         for c in range(self.n_classes):
             out[:, c] = self._np_intra(z, logdet, c)
@@ -415,10 +448,10 @@ class GaussianMixture:
     def fused_cuda(self, z, logdet, class_index: int = -1, out: Optional[tuple] = None, stream=None) -> GMMOutput:
         """The fused kernel on the GPU, asynchronous on ``stream``.
 
-        ``class_index=-1`` routes on THIS level alone (argmax of this call's posterior mean),
-        not by the model's rule over all levels (:func:`route`). For that rule on the device,
-        call :meth:`inter_cuda` on every level, :func:`route_cuda`, then :meth:`intra_cuda` on
-        every level.
+        ``class_index=-1`` routes on THIS level alone (:func:`route` of this call's votes and
+        posterior mean, L = 1), not over all levels of a model. For the model's rule on the
+        device, call :meth:`inter_cuda` on every level, :func:`route_cuda`, then
+        :meth:`intra_cuda` on every level.
 
         Args:
             z: (N, D) float32 or float16 CUDA array exposing ``__cuda_array_interface__``
@@ -426,7 +459,8 @@ class GaussianMixture:
             logdet: (N,) float32 CUDA array, same device.
             class_index: class (``>= 0``) or ``-1`` to route on the device (this level only).
             out: optional CUDA arrays (logp (N,) f32, entropy (N,) f32, posterior_mean (C,) f32,
-                class (1,) int32); allocated with torch on z's device when omitted.
+                class (1,) int32), optionally with votes (C,) f32 before the class (5 arrays);
+                allocated with torch on z's device when omitted (votes too, when 4 are given).
             stream: a ``cudaStream_t`` as an int, or an object with ``cuda_stream`` / ``handle``
                 (torch, cupy, pycuda streams); default: the stream in z's interface, else the
                 legacy default stream.
@@ -447,10 +481,18 @@ class GaussianMixture:
             raise ValueError(f"logdet must be ({n},), got shape {li['shape']}")
         if out is None:
             out = _torch_outputs(z, n, self.n_classes)
-        logp, entropy, mean, cls = out
+        if len(out) == 4:
+            logp, entropy, mean, cls = out
+            votes = _torch_outputs(z, 0, self.n_classes)[2]  # (C,) f32 scratch of the routing
+        elif len(out) == 5:
+            logp, entropy, mean, votes, cls = out
+        else:
+            raise ValueError(f"out must be (logp, entropy, posterior_mean, class) or (logp, entropy, "
+                             f"posterior_mean, votes, class), got {len(out)} arrays")
         ptrs = [_cuda_interface(a, name, {dt: False}, (shape,))["data"][0] for a, name, dt, shape in (
             (logp, "logp", "<f4", (n,)), (entropy, "entropy", "<f4", (n,)),
-            (mean, "posterior_mean", "<f4", (self.n_classes,)), (cls, "class", "<i4", (1,)))]
+            (mean, "posterior_mean", "<f4", (self.n_classes,)), (votes, "votes", "<f4", (self.n_classes,)),
+            (cls, "class", "<i4", (1,)))]
         if self._native is None or self.backend != "native":
             raise RuntimeError("fused_cuda needs backend='native' or 'auto' with the extension built")
         self._native.fused_cuda(zi["data"][0], zi["half"], li["data"][0], int(n), c, *ptrs,
@@ -464,11 +506,13 @@ class GaussianMixture:
             raise RuntimeError("the CUDA entry points need backend='native' or 'auto' with the extension built")
         return self._native
 
-    def inter_cuda(self, z_ptr: int, n: int, entropy_ptr: int, mean_ptr: int, stream=0, z_half: bool = False) -> None:
+    def inter_cuda(self, z_ptr: int, n: int, entropy_ptr: int, mean_ptr: int, votes_ptr: int, stream=0,
+                   z_half: bool = False) -> None:
         """Inter part of this level on raw device pointers, asynchronous on ``stream``.
 
         The first step of multi-level routing on the device: one call per level, each writing its
-        row of an (L, C) means buffer, then :func:`route_cuda`, then :meth:`intra_cuda` per level.
+        row of an (L, C) means buffer and of an (L, C) votes buffer, then :func:`route_cuda`, then
+        :meth:`intra_cuda` per level.
         Nothing synchronises with the host (except that the first CUDA call of a mixture uploads
         its parameters to the current device, once).
 
@@ -478,6 +522,8 @@ class GaussianMixture:
             entropy_ptr: device pointer of the (n,) float32 output: entropy of the posterior.
             mean_ptr: device pointer of the (C,) float32 output: the posterior image mean, zeroed
                 and accumulated by this call (all zeros when ``n == 0``).
+            votes_ptr: device pointer of the (C,) float32 output: the vote shares (:func:`votes_of`
+                of the posterior; integer counts, exact in any order, then one division by n).
             stream: ``cudaStream_t`` as an int (0 = legacy default stream), or a torch / cupy /
                 pycuda stream object.
             z_half: z is float16 (widened to float32 in the kernel).
@@ -493,7 +539,8 @@ class GaussianMixture:
         z = _device_ptr(z_ptr, "z_ptr", required=n > 0)
         entropy = _device_ptr(entropy_ptr, "entropy_ptr", required=n > 0)
         mean = _device_ptr(mean_ptr, "mean_ptr")
-        native.inter_cuda(z, bool(z_half), n, entropy, mean, _stream_handle(stream, {}))
+        votes = _device_ptr(votes_ptr, "votes_ptr")
+        native.inter_cuda(z, bool(z_half), n, entropy, mean, votes, _stream_handle(stream, {}))
 
     def intra_cuda(self, z_ptr: int, logdet_ptr: int, n: int, class_ptr: int, logp_ptr: int, stream=0,
                    z_half: bool = False) -> None:
@@ -537,7 +584,7 @@ class GaussianMixture:
         if self._native is not None:
             logp, entropy, mean, routed = self._native.fused(z, logdet, c)
             return GMMOutput(logp, entropy, mean, int(routed))
-        entropy, mean, _ = self._np_inter(z)
+        entropy, mean, _, votes = self._np_inter(z)
         if c < 0:
-            c = route([mean])
+            c = route([votes], [mean])
         return GMMOutput(self._np_intra(z, logdet, c), entropy, mean, c)

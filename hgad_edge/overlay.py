@@ -21,7 +21,7 @@ def draw_overlay(frame_bgr: np.ndarray, result: Result, alpha: float = 0.45, lab
     cv2.drawContours(out, contours, -1, (255, 255, 255), max(1, out.shape[0] // 200))
     if label:
         text = (f"{'ANOMALY' if result.is_anomaly else 'ok'} {result.score:.2f} | "
-                f"{result.class_name} ({result.class_confidence:.2f})")
+                f"{result.class_name or 'unknown class'} ({result.class_confidence:.2f})")
         scale = max(0.4, out.shape[1] / 700)
         (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
         cv2.rectangle(out, (0, 0), (tw + 8, th + 10), (0, 0, 200) if result.is_anomaly else (0, 120, 0), -1)

@@ -25,6 +25,11 @@ from hgad_edge.result import Result
 
 COMBINE_MODES = ("product", "loglik", "entropy", "position")
 BLUR_SIGMA = 4.0
+# A routed frame is of an unknown class when its familiarity (below) is under this many
+# calibration spreads: on the demo model normal, defective and pasted-patch test images reach
+# >= -1.6 and photographs of other things (skimage astronaut, chelsea, coffee mug, ...) <= -5.9
+# (README "Routing under anomaly").
+UNKNOWN_Z = -4.0
 
 
 @dataclass
@@ -36,6 +41,7 @@ class FrameRaw:
     posterior: np.ndarray  # (C,) image-mean inter-class posterior, averaged over levels
     logp: List[np.ndarray]  # per level (h_l, w_l)
     entropy: List[np.ndarray]  # per level (h_l, w_l)
+    routed: bool = False  # the class was routed (not given): only then can the frame be unknown
 
 
 @dataclass
@@ -124,6 +130,18 @@ def calibrated_score(raw: float, threshold: float, spread: float) -> float:
     return float(1.0 / (1.0 + np.exp(-np.clip(x, -60.0, 60.0))))
 
 
+def familiarity(raw: FrameRaw, norm: Normalizer) -> float:
+    """How normal the frame looks under its class, robustly: the median over the finest level's
+    positions of ``(logp − ll_pos_mean) / ll_pos_sd`` (the class's per-position calibration on
+    held-out normal images). About 0 for normal frames; a defect, even a large one, leaves most
+    positions normal, so the median hardly moves; a product the model does not know moves every
+    position. NaN when the calibration has no per-position statistics (older models)."""
+    if norm.ll_pos_mean is None or not raw.logp:
+        return float("nan")
+    z = (raw.logp[0].astype(np.float64) - norm.ll_pos_mean[0]) / float(norm.ll_pos_sd[0])  # (h_0, w_0)
+    return float(np.median(z))
+
+
 def score_map(raw: FrameRaw, norm: Normalizer, image_size: int, combine: str,
               out_hw: Optional[Tuple[int, int]] = None) -> Tuple[np.ndarray, float]:
     """(anomaly map at ``out_hw`` (default S×S), raw image score = the map's maximum at S×S)."""
@@ -139,10 +157,14 @@ def score_map(raw: FrameRaw, norm: Normalizer, image_size: int, combine: str,
 def finalize(raw: FrameRaw, norm: Normalizer, threshold: Tuple[float, float], class_name: str, image_size: int,
              combine: str, out_hw: Optional[Tuple[int, int]] = None) -> Result:
     """One frame's ``Result``: normalise with the routed class's constants, blur, resize to the
-    input (``out_hw``), threshold (``threshold`` = (raw threshold, spread) of that class)."""
+    input (``out_hw``), threshold (``threshold`` = (raw threshold, spread) of that class). A
+    routed frame whose :func:`familiarity` is below ``UNKNOWN_Z`` is of an unknown class
+    (``class_name=None``, ``is_unknown``; scored against the nearest class all the same)."""
     amap, raw_score = score_map(raw, norm, image_size, combine, out_hw)
     thr, spread = threshold
+    unknown = bool(raw.routed and familiarity(raw, norm) < UNKNOWN_Z)  # NaN (no statistics): known
     return Result(score=calibrated_score(raw_score, thr, spread), raw_score=raw_score, is_anomaly=raw_score > thr,
-                  anomaly_map=amap, mask=amap > thr, class_name=class_name,
-                  class_confidence=raw.class_confidence, threshold=thr)
+                  anomaly_map=amap, mask=amap > thr, class_name=None if unknown else class_name,
+                  class_confidence=raw.class_confidence, threshold=thr, is_unknown=unknown,
+                  nearest_class=class_name)
 

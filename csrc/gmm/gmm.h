@@ -6,7 +6,8 @@
 //   lse      = m + log(sum_j exp(logit_j - m)),  m = max_j logit_j (exp_poly, LseState)
 //   entropy  = log s - u / s,  s = sum e^{t_j},  u = sum e^{t_j} t_j,  t_j = logit_j - m
 //   logp     = (-1/2 log(2 pi) D + lse + logdet) / D
-//   routing  = argmax_c (1/L) sum_l mean_l[c] over L levels (route_level_mean; L = 1: one level)
+//   vote_n   = argmax_c posterior[n, c]; votes[c] = #{n: vote_n = c} / N   (vote_of)
+//   routing  = argmax_c (1/L) sum_l votes_l[c], ties by (1/L) sum_l mean_l[c] (route_votes; L = 1: one level)
 // Only the summation order differs between CPU (SIMD lanes) and GPU (warp lanes).
 //
 // NaN policy: NaN propagates (max skips NaN, the sums then carry it); nothing raises. A class
@@ -126,29 +127,57 @@ HGAD_HD float logp_from_lse(float lse, float logdet, int dim) {
   return (-0.5f * kLog2Pi * fd + lse + logdet) / fd;
 }
 
-// Class routing over L levels: argmax over c of the level mean (1/L) sum_l means[l, c] of the
-// per-level posterior image means, means (L, C) row-major. The first maximum wins and a NaN wins
-// (the first NaN): np.argmax(np.mean(means, axis=0)) of float32 means, bit for bit (the same
-// sequential float32 sum over l, then one correctly rounded division by L).
-HGAD_HD int route_level_mean(const float* means, int n_levels, int n_classes) {
-  const float fl = static_cast<float>(n_levels);
+// (v, i) beats (bv, bi) in a first-maximum argmax where a NaN wins (the first NaN): np.argmax.
+HGAD_HD bool argmax_beats(float v, int i, float bv, int bi) {
+  const bool vn = v != v, bn = bv != bv;
+  if (vn || bn) return vn && (!bn || i < bi);
+  return v > bv || (v == bv && i < bi);
+}
+
+// The class a position votes for: np.argmax of its posterior row p (C).
+HGAD_HD int vote_of(const float* p, int n_classes) {
   int best = 0;
-  float bv = 0.0f;
-  for (int c = 0; c < n_classes; ++c) {
-    float s = means[c];
-    for (int l = 1; l < n_levels; ++l) s += means[static_cast<int64_t>(l) * n_classes + c];
-    const float v = s / fl;
-    if (v != v) return c;
-    if (c == 0 || v > bv) {
+  for (int c = 1; c < n_classes; ++c)
+    if (argmax_beats(p[c], c, p[best], best)) best = c;
+  return best;
+}
+
+// (1/L) sum_l a[l, c] of an (L, C) row-major array: the same sequential float32 sum over l, then
+// one correctly rounded division by L, as np.mean(a, axis=0) of float32.
+HGAD_HD float level_mean(const float* a, int n_levels, int n_classes, int c) {
+  float s = a[c];
+  for (int l = 1; l < n_levels; ++l) s += a[static_cast<int64_t>(l) * n_classes + c];
+  return s / static_cast<float>(n_levels);
+}
+
+// THE routing rule over L levels (hgad_edge.gmm.route): votes (L, C) is per level the share of
+// positions whose posterior argmax is c (count / N), means (L, C) the posterior image means.
+// The class with the largest level-mean vote share wins; among classes tied on it, the larger
+// level-mean posterior mean, then the first. A NaN wins where it is compared (the first NaN),
+// like np.argmax. L = 1 is one level (fused with class -1).
+HGAD_HD int route_votes(const float* votes, const float* means, int n_levels, int n_classes) {
+  int best = 0;
+  float bv = level_mean(votes, n_levels, n_classes, 0);
+  for (int c = 1; c < n_classes; ++c) {
+    const float v = level_mean(votes, n_levels, n_classes, c);
+    if (argmax_beats(v, c, bv, best)) {
       bv = v;
       best = c;
     }
   }
-  return best;
+  if (bv != bv) return best;
+  int pick = best;
+  float pv = level_mean(means, n_levels, n_classes, best);
+  for (int c = best + 1; c < n_classes; ++c) {
+    if (level_mean(votes, n_levels, n_classes, c) != bv) continue;
+    const float m = level_mean(means, n_levels, n_classes, c);
+    if (argmax_beats(m, c, pv, pick)) {
+      pv = m;
+      pick = c;
+    }
+  }
+  return pick;
 }
-
-// Class routing on one level: argmax of its posterior mean (C), the same rule with L = 1.
-HGAD_HD int route_argmax(const float* mean, int n_classes) { return route_level_mean(mean, 1, n_classes); }
 
 // Whether an intra-class index may be used to address the centers; otherwise logp is NaN.
 HGAD_HD bool class_in_range(int c, int n_classes) { return c >= 0 && c < n_classes; }
@@ -170,11 +199,12 @@ struct CpuParams {
   int n_classes, n_intra, dim, c_pad, k_pad, a_pad;
 };
 
-// Any of entropy / mean / logp may be null (then not computed). class_index >= 0 given, -1 auto.
-// posterior (N, C) may be non-null to receive the full inter posterior. Returns the class used
-// for logp (or -1 when logp is null and class_index was -1).
+// Any of entropy / mean / votes / logp may be null (then not written). class_index >= 0 given, -1
+// auto (route_votes of this call's votes and mean, L = 1). votes (C): share of the positions whose
+// posterior argmax is c. posterior (N, C) may be non-null to receive the full inter posterior.
+// Returns the class used for logp (or -1 when logp is null and class_index was -1).
 int fused_cpu(const CpuParams& p, const float* z, const float* logdet, int64_t n, int class_index,
-              float* logp, float* entropy, float* mean, float* posterior);
+              float* logp, float* entropy, float* mean, float* votes, float* posterior);
 
 // The all-classes variant in one pass over the C + C*K centers: logp of every class (N, C),
 // row-major, and (when non-null) entropy (N) and posterior mean (C).
@@ -200,18 +230,20 @@ void cuda_release(DeviceParams& p);
 // never synchronise with the host, so a class routed on the device stays there.
 
 // z: (N, D) float32 or float16 (z_half) on the device; logdet (N) float32. Outputs on the
-// device: logp (N), entropy (N), mean (C), class_out (1, int32). class_index -1 routes on the
-// device on THIS level only (route_argmax of this call's mean; two launches: inter, then intra
-// reading the argmax); >= 0 is one launch. For the multi-level rule use inter_cuda per level,
-// route_cuda, then intra_cuda per level.
+// device: logp (N), entropy (N), mean (C), votes (C), class_out (1, int32). class_index -1 routes
+// on the device on THIS level only (route_votes of this call's votes and mean; inter, vote
+// shares, then intra reading the class); >= 0 is one launch (votes are then not written). For the
+// multi-level rule use inter_cuda per level, route_cuda, then intra_cuda per level.
 void fused_cuda(const DeviceParams& p, const void* z, bool z_half, const float* logdet, int64_t n,
-                int class_index, float* logp, float* entropy, float* mean, int32_t* class_out,
+                int class_index, float* logp, float* entropy, float* mean, float* votes, int32_t* class_out,
                 uintptr_t stream);
 
-// Inter part of one level. z (N, D) f32/f16 on the device; outputs entropy (N) and the image
-// mean of the posterior (C), zeroed and accumulated here (N = 0: all zeros, no kernel).
+// Inter part of one level. z (N, D) f32/f16 on the device; outputs entropy (N), the image mean
+// of the posterior (C) and the vote shares (C): per class the count of positions whose posterior
+// argmax it is (integer-valued floats, exact in any order), then one division by N (N = 0: all
+// zeros, no kernel).
 void inter_cuda(const DeviceParams& p, const void* z, bool z_half, int64_t n, float* entropy, float* mean,
-                uintptr_t stream);
+                float* votes, uintptr_t stream);
 
 // Intra part of one level for the class stored at class_in (1, int32, device), read inside the
 // kernel. z (N, D) f32/f16, logdet (N) f32; output logp (N). A class outside 0..C-1 gives NaN
@@ -219,11 +251,11 @@ void inter_cuda(const DeviceParams& p, const void* z, bool z_half, int64_t n, fl
 void intra_cuda(const DeviceParams& p, const void* z, bool z_half, const float* logdet, int64_t n,
                 const int32_t* class_in, float* logp, uintptr_t stream);
 
-// class_out (1, int32, device) = class_index when >= 0, else route_level_mean of means
+// class_out (1, int32, device) = class_index when >= 0, else route_votes of votes and means
 // (n_levels, n_classes) f32 row-major on the device (not read when class_index >= 0). One
 // single-thread launch on the device that holds class_out.
-void route_cuda(const float* means, int n_levels, int n_classes, int class_index, int32_t* class_out,
-                uintptr_t stream);
+void route_cuda(const float* votes, const float* means, int n_levels, int n_classes, int class_index,
+                int32_t* class_out, uintptr_t stream);
 #endif
 
 }  // namespace gmm

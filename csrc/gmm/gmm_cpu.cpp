@@ -51,6 +51,8 @@ struct Scratch {
   std::vector<float> dist;  // (kRows, max(Cp, Kp))
   std::vector<float> ebuf;  // (max(C, K)) exp terms of one row
   std::vector<double> mean;  // (C) posterior sums of this thread
+  std::vector<int64_t> votes;  // (C) positions of this thread whose posterior argmax is c
+  std::vector<float> prow;  // (C) one row's posterior
 };
 
 // Stable log-sum-exp state of one row's n logits log π_j − ½·d_j (from squared distances d),
@@ -86,7 +88,7 @@ inline LseState inter_softmax(const float* dr, const float* log_pi, int C, float
   return row_lse<true>(dr, log_pi, C, e, &sh);
 }
 
-// Inter part of rows [r0, r0 + nr): entropy, posterior sums, optional full posterior.
+// Inter part of rows [r0, r0 + nr): entropy, posterior sums, votes, optional full posterior.
 void inter_rows(const CpuParams& p, const float* const* zr, int64_t r0, int nr, Scratch& s, float* entropy,
                 float* posterior) {
   const int C = p.n_classes;
@@ -98,11 +100,14 @@ void inter_rows(const CpuParams& p, const float* const* zr, int64_t r0, int nr, 
     if (entropy) entropy[r0 + r] = lse_entropy(st);
     const float inv_s = 1.0f / st.s;
     float* post = posterior ? posterior + (r0 + r) * C : nullptr;
+    float* prow = s.prow.data();
     for (int j = 0; j < C; ++j) {
       const float pj = e[j] * inv_s;  // == softmax_prob(x_j, sh, inv_s)
       s.mean[j] += pj;
+      prow[j] = pj;
       if (post) post[j] = pj;
     }
+    s.votes[vote_of(prow, C)] += 1;
   }
 }
 
@@ -158,6 +163,15 @@ static int thread_id() {
 #endif
 }
 
+// out[j] = Σ_t counts[t·C + j] / n in float32: the per-thread vote counts → the vote shares.
+static void reduce_votes(const std::vector<int64_t>& counts, int n_threads, int C, int64_t n, float* out) {
+  for (int j = 0; j < C; ++j) {
+    int64_t acc = 0;
+    for (int t = 0; t < n_threads; ++t) acc += counts[static_cast<size_t>(t) * C + j];
+    out[j] = static_cast<float>(acc) / static_cast<float>(n);
+  }
+}
+
 // out[j] = Σ_t sums[t·C + j] / n: the per-thread posterior sums (float64) → the image mean.
 static void reduce_mean(const std::vector<double>& sums, int n_threads, int C, int64_t n, float* out) {
   for (int j = 0; j < C; ++j) {
@@ -168,16 +182,18 @@ static void reduce_mean(const std::vector<double>& sums, int n_threads, int C, i
 }
 
 int fused_cpu(const CpuParams& p, const float* z, const float* logdet, int64_t n, int class_index, float* logp,
-              float* entropy, float* mean, float* posterior) {
+              float* entropy, float* mean, float* votes, float* posterior) {
   const int C = p.n_classes;
-  const bool do_inter = entropy || mean || posterior || (logp && class_index < 0);
+  const bool do_inter = entropy || mean || votes || posterior || (logp && class_index < 0);
   if (n <= 0) {
     if (mean) std::fill(mean, mean + C, 0.0f);
+    if (votes) std::fill(votes, votes + C, 0.0f);
     return logp ? std::max(class_index, 0) : class_index;
   }
   const int64_t n_blocks = (n + kRows - 1) / kRows;
   const int n_threads = threads_for(n, n_blocks);
   std::vector<double> sums(static_cast<size_t>(n_threads) * C, 0.0);
+  std::vector<int64_t> counts(static_cast<size_t>(n_threads) * C, 0);
   int routed = class_index;
 
 #pragma omp parallel num_threads(n_threads) if (n_threads > 1)
@@ -187,6 +203,8 @@ int fused_cpu(const CpuParams& p, const float* z, const float* logdet, int64_t n
     s.dist.resize(static_cast<size_t>(kRows) * std::max(p.c_pad, p.k_pad));
     s.ebuf.resize(std::max(C, p.n_intra));
     s.mean.assign(C, 0.0);
+    s.votes.assign(C, 0);
+    s.prow.resize(C);
     const float* zr[kRows];
     const bool fuse_one_pass = do_inter && logp && class_index >= 0;
 
@@ -200,15 +218,18 @@ int fused_cpu(const CpuParams& p, const float* z, const float* logdet, int64_t n
         if (fuse_one_pass) intra_rows(p, zr, logdet, r0, nr, class_index, s, logp);  // z rows still hot
       }
       std::copy(s.mean.begin(), s.mean.end(), sums.begin() + static_cast<int64_t>(tid) * C);
+      std::copy(s.votes.begin(), s.votes.end(), counts.begin() + static_cast<int64_t>(tid) * C);
     }
 #pragma omp barrier
 #pragma omp single
     {
       if (do_inter) {
-        std::vector<float> m(C);
+        std::vector<float> m(C), v(C);
         reduce_mean(sums, n_threads, C, n, m.data());
+        reduce_votes(counts, n_threads, C, n, v.data());
         if (mean) std::copy(m.begin(), m.end(), mean);
-        if (class_index < 0 && logp) routed = route_argmax(m.data(), C);
+        if (votes) std::copy(v.begin(), v.end(), votes);
+        if (class_index < 0 && logp) routed = route_votes(v.data(), m.data(), 1, C);
       }
     }  // implicit barrier: every thread sees `routed`
     if (logp && !fuse_one_pass) {

@@ -3,7 +3,9 @@
 // the CPU kernel runs. One launch for a given class; auto-routing is two launches on the same
 // stream (inter, then intra reading the argmax of the device posterior mean): no host sync.
 // The split entry points (inter_cuda, route_cuda, intra_cuda) are the same kernel with one part
-// switched off, plus a one-thread routing kernel; the class travels in device memory.
+// switched off, plus a one-thread routing kernel; the class travels in device memory. Each
+// position's vote (the argmax of its posterior) is a warp argmax; the counts are integer-valued
+// floats (exact in any order of the atomic adds), turned into shares by one division by N.
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -38,6 +40,21 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
+// Warp-wide argmax under argmax_beats (np.argmax: first maximum, a NaN wins): every lane ends
+// with the winner's index.
+__device__ __forceinline__ int warp_argmax(float v, int i) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    const float ov = __shfl_xor_sync(kFull, v, o);
+    const int oi = __shfl_xor_sync(kFull, i, o);
+    if (argmax_beats(ov, oi, v, i)) {
+      v = ov;
+      i = oi;
+    }
+  }
+  return i;
+}
+
 __device__ __forceinline__ float warp_max_skip_nan(float v) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v = max_skip_nan(v, __shfl_xor_sync(kFull, v, o));
@@ -50,10 +67,10 @@ struct Shapes {
 };
 
 // Dynamic shared memory: z rows (kRowsPerBlock, D) | center tile (tile, D) | logits
-// (kRowsPerBlock, M) | posterior sums (C) | routed class.
+// (kRowsPerBlock, M) | posterior sums (C) | vote counts (C) | routed class.
 __host__ __device__ inline size_t smem_bytes(const Shapes& s, int m) {
   return sizeof(float) * (static_cast<size_t>(kRowsPerBlock) * s.dim + static_cast<size_t>(s.tile) * s.dim +
-                          static_cast<size_t>(kRowsPerBlock) * m + s.n_classes) + sizeof(int);
+                          static_cast<size_t>(kRowsPerBlock) * m + 2 * static_cast<size_t>(s.n_classes)) + sizeof(int);
 }
 
 template <typename T>
@@ -61,7 +78,8 @@ __global__ void __launch_bounds__(kThreads)
 gmm_kernel(const float* __restrict__ centers, const float* __restrict__ log_w, Shapes sh,
            const T* __restrict__ z, const float* __restrict__ logdet, int64_t n, int class_index,
            const int32_t* __restrict__ class_in, bool do_inter, bool do_intra, float* __restrict__ logp,
-           float* __restrict__ entropy, float* __restrict__ mean, int32_t* __restrict__ class_out, float inv_n) {
+           float* __restrict__ entropy, float* __restrict__ mean, float* __restrict__ votes,
+           int32_t* __restrict__ class_out, float inv_n) {
   const int C = sh.n_classes, K = sh.n_intra, D = sh.dim;
   const int ci = do_inter ? C : 0;
   const int m_all = ci + (do_intra ? K : 0);
@@ -70,7 +88,8 @@ gmm_kernel(const float* __restrict__ centers, const float* __restrict__ log_w, S
   float* tile = zs + static_cast<size_t>(kRowsPerBlock) * D;          // (tile, D)
   float* lg = tile + static_cast<size_t>(sh.tile) * D;                // (rows, M)
   float* s_mean = lg + static_cast<size_t>(kRowsPerBlock) * m_all;    // (C)
-  int* s_class = reinterpret_cast<int*>(s_mean + C);
+  float* s_votes = s_mean + C;                                        // (C)
+  int* s_class = reinterpret_cast<int*>(s_votes + C);
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock;
@@ -78,11 +97,11 @@ gmm_kernel(const float* __restrict__ centers, const float* __restrict__ log_w, S
   if (threadIdx.x == 0) {
     int c = class_index;
     if (do_intra && class_in) c = *class_in;                 // routed by an earlier launch
-    else if (do_intra && c < 0) c = route_argmax(mean, C);   // mean was filled by the previous launch
+    else if (do_intra && c < 0) c = route_votes(votes, mean, 1, C);  // filled by the previous launches
     *s_class = c;
     if (do_intra && blockIdx.x == 0 && class_out) *class_out = c;
   }
-  for (int j = threadIdx.x; j < C; j += kThreads) s_mean[j] = 0.0f;
+  for (int j = threadIdx.x; j < C; j += kThreads) s_mean[j] = s_votes[j] = 0.0f;
   // stage this block's rows of z as float (float16 input is widened here)
   for (int i = threadIdx.x; i < kRowsPerBlock * D; i += kThreads) {
     const int r = i / D, d = i % D;
@@ -137,7 +156,18 @@ gmm_kernel(const float* __restrict__ centers, const float* __restrict__ log_w, S
       st.u = warp_sum(st.u);
       if (lane == 0) entropy[row] = lse_entropy(st);
       const float inv_s = 1.0f / st.s;
-      for (int j = lane; j < C; j += 32) atomicAdd(&s_mean[j], softmax_prob(x[j], shift, inv_s) * inv_n);
+      float bv = kNegInf;
+      int bi = 0x7fffffff;
+      for (int j = lane; j < C; j += 32) {
+        const float pj = softmax_prob(x[j], shift, inv_s);
+        atomicAdd(&s_mean[j], pj * inv_n);
+        if (argmax_beats(pj, j, bv, bi)) {
+          bv = pj;
+          bi = j;
+        }
+      }
+      const int vote = warp_argmax(bv, bi);
+      if (lane == 0) atomicAdd(&s_votes[vote], 1.0f);
     }
     if (do_intra) {
       float m = kNegInf;
@@ -151,17 +181,25 @@ gmm_kernel(const float* __restrict__ centers, const float* __restrict__ log_w, S
   }
   if (do_inter) {
     __syncthreads();
-    for (int j = threadIdx.x; j < C; j += kThreads) atomicAdd(&mean[j], s_mean[j]);
+    for (int j = threadIdx.x; j < C; j += kThreads) {
+      atomicAdd(&mean[j], s_mean[j]);
+      if (votes) atomicAdd(&votes[j], s_votes[j]);
+    }
   }
 }
 
 __global__ void write_class(int32_t* class_out, int c) { *class_out = c; }
 
-// class_out = class_index (>= 0) or the multi-level argmax of means (L, C): one thread, the same
-// HGAD_HD rule as the CPU (route_level_mean).
-__global__ void route_kernel(const float* __restrict__ means, int n_levels, int n_classes, int class_index,
-                             int32_t* __restrict__ class_out) {
-  *class_out = class_index >= 0 ? class_index : route_level_mean(means, n_levels, n_classes);
+// votes[c] = count / N, one correctly rounded division like the CPU (reduce_votes).
+__global__ void share_kernel(float* __restrict__ votes, int n_classes, float fn) {
+  for (int j = threadIdx.x; j < n_classes; j += blockDim.x) votes[j] = votes[j] / fn;
+}
+
+// class_out = class_index (>= 0) or route_votes of the (L, C) votes and means: one thread, the
+// same HGAD_HD rule as the CPU.
+__global__ void route_kernel(const float* __restrict__ votes, const float* __restrict__ means, int n_levels,
+                             int n_classes, int class_index, int32_t* __restrict__ class_out) {
+  *class_out = class_index >= 0 ? class_index : route_votes(votes, means, n_levels, n_classes);
 }
 
 // Restores the current device on scope exit.
@@ -182,7 +220,7 @@ class DeviceGuard {
 template <typename T>
 void launch(const DeviceParams& p, const T* z, const float* logdet, int64_t n, int class_index,
             const int32_t* class_in, bool do_inter, bool do_intra, float* logp, float* entropy, float* mean,
-            int32_t* class_out, cudaStream_t stream) {
+            float* votes, int32_t* class_out, cudaStream_t stream) {
   const int m_all = (do_inter ? p.n_classes : 0) + (do_intra ? p.n_intra : 0);
   Shapes sh{p.n_classes, p.n_intra, p.dim, kMaxTile};
   int max_optin = 0;
@@ -201,24 +239,38 @@ void launch(const DeviceParams& p, const T* z, const float* logdet, int64_t n, i
   if (blocks > 0x7fffffff) throw std::runtime_error("hgad_edge CUDA: too many positions");
   gmm_kernel<T><<<static_cast<unsigned>(blocks), kThreads, smem, stream>>>(
       p.centers, p.log_w, sh, z, logdet, n, class_index, class_in, do_inter, do_intra, logp, entropy, mean,
-      class_out, 1.0f / static_cast<float>(n));
+      votes, class_out, 1.0f / static_cast<float>(n));
+  check(cudaGetLastError(), "kernel launch");
+}
+
+// The inter launch that fills mean and votes (both zeroed first), then the division of the counts.
+template <typename T>
+void launch_inter(const DeviceParams& p, const T* z, int64_t n, float* entropy, float* mean, float* votes,
+                  cudaStream_t stream) {
+  check(cudaMemsetAsync(mean, 0, sizeof(float) * p.n_classes, stream), "cudaMemsetAsync");
+  check(cudaMemsetAsync(votes, 0, sizeof(float) * p.n_classes, stream), "cudaMemsetAsync");
+  if (n == 0) return;  // no position, no mass, no vote
+  launch(p, z, nullptr, n, -1, nullptr, true, false, nullptr, entropy, mean, votes, nullptr, stream);
+  share_kernel<<<1, 32, 0, stream>>>(votes, p.n_classes, static_cast<float>(n));
   check(cudaGetLastError(), "kernel launch");
 }
 
 template <typename T>
 void run(const DeviceParams& p, const T* z, const float* logdet, int64_t n, int class_index, float* logp,
-         float* entropy, float* mean, int32_t* class_out, cudaStream_t stream) {
-  check(cudaMemsetAsync(mean, 0, sizeof(float) * p.n_classes, stream), "cudaMemsetAsync");
+         float* entropy, float* mean, float* votes, int32_t* class_out, cudaStream_t stream) {
   if (n == 0) {
+    check(cudaMemsetAsync(mean, 0, sizeof(float) * p.n_classes, stream), "cudaMemsetAsync");
+    if (votes) check(cudaMemsetAsync(votes, 0, sizeof(float) * p.n_classes, stream), "cudaMemsetAsync");
     write_class<<<1, 1, 0, stream>>>(class_out, class_index < 0 ? 0 : class_index);
     check(cudaGetLastError(), "kernel launch");
     return;
   }
   if (class_index >= 0) {
-    launch(p, z, logdet, n, class_index, nullptr, true, true, logp, entropy, mean, class_out, stream);
+    check(cudaMemsetAsync(mean, 0, sizeof(float) * p.n_classes, stream), "cudaMemsetAsync");
+    launch(p, z, logdet, n, class_index, nullptr, true, true, logp, entropy, mean, nullptr, class_out, stream);
   } else {
-    launch(p, z, logdet, n, -1, nullptr, true, false, logp, entropy, mean, class_out, stream);
-    launch(p, z, logdet, n, -1, nullptr, false, true, logp, entropy, mean, class_out, stream);
+    launch_inter(p, z, n, entropy, mean, votes, stream);
+    launch(p, z, logdet, n, -1, nullptr, false, true, logp, entropy, mean, votes, class_out, stream);
   }
 }
 
@@ -270,29 +322,28 @@ void cuda_release(DeviceParams& p) {
 }
 
 void fused_cuda(const DeviceParams& p, const void* z, bool z_half, const float* logdet, int64_t n, int class_index,
-                float* logp, float* entropy, float* mean, int32_t* class_out, uintptr_t stream) {
+                float* logp, float* entropy, float* mean, float* votes, int32_t* class_out, uintptr_t stream) {
+  if (class_index < 0 && votes == nullptr) throw std::runtime_error("hgad_edge CUDA: routing needs a votes buffer");
   if (p.centers == nullptr) throw std::runtime_error("hgad_edge CUDA: parameters were not uploaded");
   if (n > 0) check_z(p, z);
   DeviceGuard guard(p.device);
   auto s = reinterpret_cast<cudaStream_t>(stream);
   if (z_half)
-    run(p, static_cast<const __half*>(z), logdet, n, class_index, logp, entropy, mean, class_out, s);
+    run(p, static_cast<const __half*>(z), logdet, n, class_index, logp, entropy, mean, votes, class_out, s);
   else
-    run(p, static_cast<const float*>(z), logdet, n, class_index, logp, entropy, mean, class_out, s);
+    run(p, static_cast<const float*>(z), logdet, n, class_index, logp, entropy, mean, votes, class_out, s);
 }
 
 void inter_cuda(const DeviceParams& p, const void* z, bool z_half, int64_t n, float* entropy, float* mean,
-                uintptr_t stream) {
+                float* votes, uintptr_t stream) {
   if (p.centers == nullptr) throw std::runtime_error("hgad_edge CUDA: parameters were not uploaded");
   if (n > 0) check_z(p, z);
   DeviceGuard guard(p.device);
   auto s = reinterpret_cast<cudaStream_t>(stream);
-  check(cudaMemsetAsync(mean, 0, sizeof(float) * p.n_classes, s), "cudaMemsetAsync");
-  if (n == 0) return;  // no position, no mass
   if (z_half)
-    launch(p, static_cast<const __half*>(z), nullptr, n, -1, nullptr, true, false, nullptr, entropy, mean, nullptr, s);
+    launch_inter(p, static_cast<const __half*>(z), n, entropy, mean, votes, s);
   else
-    launch(p, static_cast<const float*>(z), nullptr, n, -1, nullptr, true, false, nullptr, entropy, mean, nullptr, s);
+    launch_inter(p, static_cast<const float*>(z), n, entropy, mean, votes, s);
 }
 
 void intra_cuda(const DeviceParams& p, const void* z, bool z_half, const float* logdet, int64_t n,
@@ -304,18 +355,21 @@ void intra_cuda(const DeviceParams& p, const void* z, bool z_half, const float* 
   auto s = reinterpret_cast<cudaStream_t>(stream);
   if (z_half)
     launch(p, static_cast<const __half*>(z), logdet, n, -1, class_in, false, true, logp, nullptr, nullptr, nullptr,
-           s);
+           nullptr, s);
   else
     launch(p, static_cast<const float*>(z), logdet, n, -1, class_in, false, true, logp, nullptr, nullptr, nullptr,
-           s);
+           nullptr, s);
 }
 
-void route_cuda(const float* means, int n_levels, int n_classes, int class_index, int32_t* class_out,
-                uintptr_t stream) {
+void route_cuda(const float* votes, const float* means, int n_levels, int n_classes, int class_index,
+                int32_t* class_out, uintptr_t stream) {
   const int device = device_of(class_out, "class_out");
-  if (class_index < 0) device_of(means, "means");
+  if (class_index < 0) {
+    device_of(votes, "votes");
+    device_of(means, "means");
+  }
   DeviceGuard guard(device);
-  route_kernel<<<1, 1, 0, reinterpret_cast<cudaStream_t>(stream)>>>(means, n_levels, n_classes, class_index,
+  route_kernel<<<1, 1, 0, reinterpret_cast<cudaStream_t>(stream)>>>(votes, means, n_levels, n_classes, class_index,
                                                                       class_out);
   check(cudaGetLastError(), "kernel launch");
 }

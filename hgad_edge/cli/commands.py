@@ -10,12 +10,32 @@ import argparse
 import logging
 import os
 import sys
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
+from hgad_edge import fileio
+from hgad_edge.cli.outputs import check_output_dir, check_output_file, model_files
 from hgad_edge.config import ModelConfig, TrainConfig
 from hgad_edge.runtime.registry import add_arguments as add_runtime_arguments
 
 log = logging.getLogger("hgad_edge")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line (the usage block is what ``--help`` is for)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _class_list(text: str) -> Tuple[str, ...]:
+    """'a,b' → ('a', 'b'); an empty list is refused (it would silently mean every class)."""
+    names = tuple(n.strip() for n in text.split(","))
+    if not any(names):
+        raise argparse.ArgumentTypeError("--classes is empty: give comma-separated class names, or leave the "
+                                         "flag out for every class")
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"--classes {text!r} has an empty name")
+    return names
 
 
 def _parse_pool(text: str):
@@ -52,9 +72,8 @@ _ARCHITECTURE_FLAGS = ("image_size", "backbone", "weights", "levels", "pad", "po
 def _cmd_make_demo_data(a: argparse.Namespace) -> int:
     from hgad_edge.data.demo import format_summary, make_demo_data, summarize
 
-    classes = a.classes.split(",") if a.classes else None
-    make_demo_data(a.out, classes=classes, n_train=a.n_train, n_test_good=a.n_test, n_test_defect=a.n_test,
-                   image_size=a.image_size, seed=a.seed, overwrite=a.overwrite)
+    make_demo_data(a.out, classes=a.classes, n_train=a.n_train, n_test_good=a.n_test, n_test_defect=a.n_test,
+                   image_size=a.image_size, seed=a.seed, overwrite=a.overwrite, n_test_stress=a.n_stress)
     print(format_summary(summarize(a.out)))
     print(f"demo dataset written to {a.out}")
     return 0
@@ -67,8 +86,11 @@ def _train_config(a: argparse.Namespace, epochs: int, target_fpr: float, batch_s
 
 def _cmd_add_classes(a: argparse.Namespace) -> int:
     """``train --from RUN --classes new,...``: add classes to a trained model (hgad_edge.train.extend)."""
+    from hgad_edge.artifact import Artifact
+    from hgad_edge.train import distributed
     from hgad_edge.train.defaults import ADD_BATCH_SIZE, ADD_EPOCHS
-    from hgad_edge.train.extend import add_classes
+    from hgad_edge.train.extend import add_classes, check_new_classes
+    from hgad_edge.train.loop import run_dir_lock
 
     given = getattr(a, "_given", set())
     fixed = [f"--{d.replace('_', '-')}" for d in _ARCHITECTURE_FLAGS if d in given]
@@ -79,15 +101,33 @@ def _cmd_add_classes(a: argparse.Namespace) -> int:
         raise ValueError("--from needs --classes: the comma-separated classes to add to the model")
     epochs = a.epochs if "epochs" in given else ADD_EPOCHS
     tcfg = _train_config(a, epochs, a.target_fpr, a.batch_size if "batch_size" in given else ADD_BATCH_SIZE)
-    art = add_classes(a.from_run, a.data, a.classes, a.out, tcfg, resume=a.resume, progress=not a.quiet,
-                      replay=a.replay, target_fpr=a.target_fpr if "target_fpr" in given else None,
-                      replay_per_class=a.replay_buffer if "replay_buffer" in given else None)
+    _check_train_paths(a)
+    check_new_classes(Artifact.read(a.from_run), a.data, a.classes)  # before RUN_DIR is made
+    with run_dir_lock(a.out, distributed.current().is_main):  # one training per RUN_DIR at a time
+        art = add_classes(a.from_run, a.data, ",".join(a.classes), a.out, tcfg, resume=a.resume,
+                          progress=not a.quiet, replay=a.replay,
+                          target_fpr=a.target_fpr if "target_fpr" in given else None,
+                          replay_per_class=a.replay_buffer if "replay_buffer" in given else None)
     step = art.lineage[-1]
     moved = step["calibration"]["recalibrated"]
     print(f"added {len(step['added_classes'])} class(es) ({', '.join(step['added_classes'])}) to {a.from_run} "
           f"→ {a.out}: {len(art.class_names)} classes, {epochs} epochs, replay {step['replay']['kind']}; "
           f"old classes recalibrated: {', '.join(moved) if moved else 'none'}")
     return 0
+
+
+def _check_train_paths(a: argparse.Namespace) -> None:
+    """--out can hold a model and is not the dataset; --weights is a file (before anything loads)."""
+    from hgad_edge.train.loop import check_run_dir
+
+    check_run_dir(a.out)
+    if a.data and os.path.isdir(a.data):
+        out, root = os.path.realpath(a.out), os.path.realpath(a.data)
+        if out == root or out.startswith(root + os.sep):
+            raise ValueError(f"--out {a.out} is inside the dataset --data {a.data}: write the model elsewhere")
+    if a.weights is not None and a.weights != "none" and not os.path.isfile(a.weights):
+        raise ValueError(f"--weights {a.weights} is not a file"
+                         + (" (it is a folder)" if os.path.isdir(a.weights) else " (it does not exist)"))
 
 
 def _cmd_train(a: argparse.Namespace) -> int:
@@ -98,12 +138,15 @@ def _cmd_train(a: argparse.Namespace) -> int:
         return _cmd_add_classes(a)
     if a.replay != "auto":
         raise ValueError("--replay chooses how --from rehearses the old classes; it needs --from")
+    if a.replay_buffer < 0:
+        raise ValueError(f"--replay-buffer must be >= 0 (0: no buffer), got {a.replay_buffer}")
+    tcfg = _train_config(a, a.epochs, a.target_fpr, a.batch_size)
+    _check_train_paths(a)
     classes = data.resolve_classes(a.data, a.classes)
     defaults = ModelConfig(class_names=classes)
     mcfg = ModelConfig(class_names=classes, backbone=a.backbone, image_size=a.image_size,
                        levels=a.levels or defaults.levels, coupling_blocks=a.coupling_blocks, n_intra=a.n_intra,
                        pad=a.pad, pool=a.pool or ())
-    tcfg = _train_config(a, a.epochs, a.target_fpr, a.batch_size)
     art = train(a.data, a.out, mcfg, tcfg, resume=a.resume, backbone_weights=a.weights, progress=not a.quiet,
                 replay_per_class=a.replay_buffer)
     last = art.history[-1] if art.history else {}
@@ -113,50 +156,106 @@ def _cmd_train(a: argparse.Namespace) -> int:
 
 
 def _cmd_eval(a: argparse.Namespace) -> int:
-    from hgad_edge import fileio
+    from hgad_edge import data
     from hgad_edge.evaluation.evaluator import evaluate, format_table
 
-    classes = a.classes.split(",") if a.classes else None
-    report = evaluate(a.run_dir, a.data, classes=classes, backend=a.backend, device=a.device,
+    # refused before the model loads and the test split is scored, not after
+    check_output_file("--json", a.json, model_files(a.run_dir))
+    data.list_classes(a.data)
+    report = evaluate(a.run_dir, a.data, classes=a.classes, backend=a.backend, device=a.device,
                       precision=a.precision, full=a.full, progress=not a.quiet)
     print(format_table(report))
-    if a.json:
+    if a.json is not None:
         fileio.write_json(a.json, report)
         print(f"metrics written to {a.json}")
     return 0
 
 
+def overlay_paths(images: Sequence[str], out_dir: str) -> list:
+    """One overlay file per input image, unique and readable: the image's path relative to the
+    folder all inputs share, kept as subfolders of ``out_dir`` (``brick/test/crack/000_overlay.png``).
+    Two inputs that would still meet (``x.png`` and ``x.jpg``) keep their extension
+    (``x_png_overlay.png``), and if even that meets another name, a short hash of the path. The
+    same input given twice gets the same overlay."""
+    import hashlib
+
+    absolute = [os.path.abspath(p) for p in images]
+    root = os.path.commonpath([os.path.dirname(p) for p in absolute])
+
+    def name(path: str, level: int) -> str:
+        rel = os.path.relpath(path, root)
+        folder, base = os.path.split(rel)
+        stem, ext = os.path.splitext(base)
+        if level >= 1:
+            stem += "_" + ext.lstrip(".").lower()
+        if level >= 2:
+            stem += "_" + hashlib.sha1(rel.encode()).hexdigest()[:8]
+        return os.path.join(out_dir, folder, stem + "_overlay.png")
+
+    level = dict.fromkeys(absolute, 0)
+    while True:
+        owners: dict = {}
+        for p in level:
+            owners.setdefault(os.path.normcase(name(p, level[p])), []).append(p)
+        clashes = [ps for ps in owners.values() if len(ps) > 1]
+        if not clashes:
+            return [name(p, level[p]) for p in absolute]
+        for ps in clashes:
+            for p in ps:
+                if level[p] >= 2:
+                    raise ValueError(f"cannot give {ps} overlays of their own")
+                level[p] += 1
+
+
+def _check_predict_paths(a: argparse.Namespace, overlays: Sequence[str], predictions: str) -> None:
+    from hgad_edge import data
+
+    check_output_dir("--out", a.out)
+    if os.path.realpath(a.out) == os.path.realpath(a.run_dir):
+        raise ValueError(f"--out {a.out} is the model directory RUN_DIR: give overlays a folder of their own")
+    for path in a.images:
+        if not path or not os.path.isfile(path):
+            raise ValueError(f"image {path!r} " + ("is a folder: give image files" if path and os.path.isdir(path)
+                                                   else "does not exist"))
+        if not data.is_image(path):
+            raise ValueError(f"{path} is not an image file (readable: {', '.join(data.IMAGE_EXTENSIONS)})")
+    # no output may be an input; a file can only be another under the same (resolved) name
+    by_name: dict = {}
+    for path in a.images:
+        by_name.setdefault(os.path.basename(os.path.realpath(path)), {})[f"image {path}"] = path
+    for out in list(overlays) + [predictions]:
+        fileio.check_outputs({f"--out file {out}": out}, by_name.get(os.path.basename(os.path.realpath(out)), {}))
+
+
 def _cmd_predict(a: argparse.Namespace) -> int:
     import cv2
 
-    from hgad_edge import data, fileio
+    from hgad_edge import data
     from hgad_edge.detector import Detector
     from hgad_edge.overlay import draw_overlay
 
-    os.makedirs(a.out, exist_ok=True)
+    overlays = overlay_paths(a.images, a.out)
+    predictions = os.path.join(a.out, "predictions.json")
+    _check_predict_paths(a, overlays, predictions)
     rows = []
     with Detector(a.run_dir, backend=a.backend, target_fpr=a.target_fpr, device=a.device,
                   precision=a.precision) as det:
-        for path in a.images:
+        for path, out_path in zip(a.images, overlays):
             frame = data.read_image(path)
             r = det(frame, class_name=a.class_name)
-            # class/test/defect/000.png → class_defect_000: names stay unique across classes
-            parts = [p for p in os.path.normpath(os.path.splitext(path)[0]).split(os.sep)[-4:]
-                     if p not in ("test", "..", ".")]
-            out_path = os.path.join(a.out, "_".join(parts[-3:]) + "_overlay.png")
             ok, buf = cv2.imencode(".png", draw_overlay(frame, r))
             if not ok:
                 raise RuntimeError(f"could not encode overlay for {path}")
-            fileio.write_bytes(out_path, buf.tobytes())
+            fileio.write_bytes(out_path, buf.tobytes())  # creates --out and the subfolders
             rows.append({"image": path, "overlay": out_path, **r.summary()})
-            print(f"{'ANOMALY' if r.is_anomaly else 'ok     '} score={r.score:.3f} class={r.class_name:<12} "
+            print(f"{'ANOMALY' if r.is_anomaly else 'ok     '} score={r.score:.3f} class={r.class_name or 'unknown':<12} "
                   f"{r.timings_ms['total']:.1f} ms  {path}")
-    fileio.write_json(os.path.join(a.out, "predictions.json"), rows)
+    fileio.write_json(predictions, rows)
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="hgad-edge",
         description="Unified visual anomaly detection (HGAD) for the edge: one model, many product classes.",
         epilog="Quick start: hgad-edge make-demo-data demo_data && hgad-edge train --data demo_data --out runs/demo "
@@ -168,13 +267,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("make-demo-data", formatter_class=fmt,
                        help="write a small multi-class MVTec-layout dataset from scikit-image photographs")
-    s.add_argument("out", help="output folder (must not exist or be empty)")
-    s.add_argument("--classes", help="comma-separated subset of the demo classes")
+    s.add_argument("out", help="output folder (must not exist, be empty, or be one make-demo-data wrote with "
+                               "--overwrite)")
+    s.add_argument("--classes", type=_class_list, help="comma-separated subset of the demo classes")
     s.add_argument("--n-train", type=int, default=60, help="normal training images per class")
     s.add_argument("--n-test", type=int, default=20, help="normal and defective test images per class (each)")
     s.add_argument("--image-size", type=int, default=256, help="side of the written images")
+    s.add_argument("--n-stress", type=int, default=0, help="defective test images per class of each stress kind "
+                   "(large, lookalike; thin_crack on grass, gravel, tissue); 0: none")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--overwrite", action="store_true", help="replace an existing folder")
+    s.add_argument("--overwrite", action="store_true",
+                   help="replace a demo dataset make-demo-data wrote there (never any other folder)")
     s.set_defaults(func=_cmd_make_demo_data)
 
     d = ModelConfig(class_names=("x",))
@@ -185,8 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "(or add classes to a trained one: --from)")
     s.add_argument("--data", required=True, help="dataset root in MVTec AD layout (<class>/train/good/...)")
     s.add_argument("--out", required=True, help="RUN_DIR to write the model artifact into")
-    s.add_argument("--classes", help="comma-separated classes (default: every class folder); with --from: the "
-                                     "classes to add")
+    s.add_argument("--classes", type=_class_list,
+                   help="comma-separated classes (default: every class folder); with --from: the classes to add")
     s.add_argument("--from", dest="from_run", metavar="RUN",
                    help="add --classes to the trained model RUN (fine-tuned from its weights with a replay of its "
                         "classes) instead of training from scratch; the network flags come from RUN")
@@ -223,14 +326,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--calib-fraction", type=float, default=t.calib_fraction,
                    help="share of each class's normal images held out for calibration")
     s.add_argument("--augment", action="store_true", help="random flips/brightness (recomputes features per epoch)")
-    s.add_argument("--resume", action="store_true", help="continue from RUN_DIR's last complete epoch (also with --from)")
+    s.add_argument("--resume", action="store_true",
+                   help="continue from RUN_DIR's last complete epoch (also with --from); without --from, a finished "
+                        "RUN_DIR trained with the same settings is kept as it is (nothing to do)")
     s.add_argument("--quiet", action="store_true", help="no progress bars")
     s.set_defaults(func=_cmd_train)
 
     s = sub.add_parser("eval", formatter_class=fmt, help="image/pixel AUROC, AUPRO and routing accuracy on the test split")
     s.add_argument("run_dir")
     s.add_argument("--data", required=True, help="dataset root in MVTec AD layout")
-    s.add_argument("--classes", help="comma-separated subset")
+    s.add_argument("--classes", type=_class_list, help="comma-separated subset")
     add_runtime_arguments(s, backend_default="torch")
     s.add_argument("--full", action="store_true", help="also transductive scoring and every map combination")
     s.add_argument("--json", help="write the metrics as JSON here")
@@ -264,8 +369,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, ImportError) as e:
-        print(f"hgad-edge {args.command}: error: {e}", file=sys.stderr)
+    except (ValueError, OSError, ImportError, RuntimeError, FloatingPointError) as e:
+        # one line, naming the problem (ArtifactError is a ValueError; NonFiniteLoss a
+        # FloatingPointError; OSError covers a full disk, a folder given as a file, no permission);
+        # -v adds the traceback
+        log.debug("traceback of the error below", exc_info=True)
+        message = " ".join(str(e).split()) or type(e).__name__
+        print(f"hgad-edge {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

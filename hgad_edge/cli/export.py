@@ -55,10 +55,17 @@ def _cmd_export(a: argparse.Namespace) -> int:
 def _cmd_export_triton(a: argparse.Namespace) -> int:
     """``--format triton``: a Triton model repository (``triton.export_triton``); with
     ``--format tensorrt`` too, Triton's ONNX Runtime backend runs it through TensorRT."""
+    from hgad_edge.cli.outputs import check_output_dir
+    from hgad_edge.export.onnx_export import check_opset
     from hgad_edge.export.triton import export_triton
 
-    if not a.out:
+    if a.out is None:
         raise ValueError("--format triton needs --out MODEL_REPO")
+    check_output_dir("--out", a.out)  # all refused before the model is loaded and exported
+    check_opset(a.opset)
+    for flag, value in (("--instance-count", a.instance_count), ("--max-batch", a.max_batch)):
+        if value < 1:
+            raise ValueError(f"{flag} must be >= 1, got {value}")
     folder = export_triton(a.run_dir, a.out, name=a.model_name, max_batch=a.max_batch,
                            instance_kind=a.instance_kind, instance_count=a.instance_count,
                            accelerator="tensorrt" if "tensorrt" in a.format else "none",
@@ -69,13 +76,15 @@ def _cmd_export_triton(a: argparse.Namespace) -> int:
 
 def _cmd_bench(a: argparse.Namespace) -> int:
     from hgad_edge import fileio
+    from hgad_edge.cli.outputs import check_output_file, model_files
+    from hgad_edge.evaluation.bench import check_bench_args, format_table, rows_as_dicts, run_bench
 
-    from hgad_edge.evaluation.bench import format_table, rows_as_dicts, run_bench
-
+    check_bench_args(a.frames, a.warmup, a.threads)  # refused before anything is measured
+    check_output_file("--json", a.json, model_files(a.run_dir))
     rows = run_bench(a.run_dir, a.data, device=a.device, threads=a.threads, frames=a.frames, warmup=a.warmup,
                      progress=not a.quiet, rss=not a.no_rss)
     print(format_table(rows, a.threads))
-    if a.json:
+    if a.json is not None:
         fileio.write_json(a.json, rows_as_dicts(rows))
         print(f"rows written to {a.json}")
     return 0

@@ -1,14 +1,23 @@
 """Synthetic defects with exact masks, drawn on a normal image (see ``hgad_edge.data.demo``).
 
+The five kinds of the demo test set (:data:`DEFECT_TYPES`), small like real MVTec defects:
+
 * ``scratch``       thin curved tapered line, brighter or darker than the surface
 * ``stain``         soft-edged blob of dirt, rust, residue or bleach
 * ``contamination`` irregular piece of another photograph (foreign material) or a fibre
 * ``hole``          dark irregular pit with shading inside and a lit rim
 * ``blur``          a locally blurred, hazy smudge
 
-A pixel is in the mask iff the defect changed one of its channels by at least
-:data:`MASK_THRESHOLD` grey levels; draws that are too faint on average (:data:`MIN_CONTRAST`)
-or too small or large are redrawn.
+and three stress kinds (:data:`STRESS_TYPES`), written only when asked for:
+
+* ``large``         a big discoloured, darkened, faded or washed-out patch, 5–25 % of the image
+* ``lookalike``     a region of another class's normal image pasted in (hard or soft edge)
+* ``thin_crack``    long branching 1–3 px lines, only a few % darker than the surface
+
+A pixel is in the mask iff the defect changed one of its channels by at least the kind's
+:data:`MASK_THRESHOLDS` (grey levels: :data:`MASK_THRESHOLD` for all but ``thin_crack``, whose
+crisp, faint lines are masked wherever they changed a pixel at all); draws that are too faint on
+average (:data:`MIN_CONTRAST`) or too small or large (:data:`DEFECT_AREA`) are redrawn.
 """
 from __future__ import annotations
 
@@ -22,12 +31,19 @@ from hgad_edge.data._photos import _photo, _warp
 log = logging.getLogger(__name__)
 
 DEFECT_TYPES = ("scratch", "stain", "contamination", "hole", "blur")
+STRESS_TYPES = ("large", "lookalike", "thin_crack")
 MASK_THRESHOLD = 10  # grey levels; smaller changes are invisible and stay out of the mask
+MASK_THRESHOLDS = {**{k: MASK_THRESHOLD for k in DEFECT_TYPES + STRESS_TYPES}, "thin_crack": 1}
 MIN_DEFECT_AREA = 0.003  # fraction of the image
 MAX_DEFECT_AREA = 0.04
+DEFECT_AREA = {**{k: (MIN_DEFECT_AREA, MAX_DEFECT_AREA) for k in DEFECT_TYPES}, "large": (0.05, 0.25),
+               "lookalike": (0.03, 0.20), "thin_crack": (0.001, 0.03)}
 # Least mean change (grey levels) inside the mask, per defect type: a defect must be plainly
-# visible (a blur changes only what has detail, so it gets a lower bar).
-MIN_CONTRAST = {"scratch": 35.0, "stain": 35.0, "contamination": 35.0, "hole": 35.0, "blur": 25.0}
+# visible (a blur changes only what has detail, so it gets a lower bar) -- except a thin crack,
+# which is meant to be faint (its depth is bounded by CRACK_DEPTH instead).
+MIN_CONTRAST = {"scratch": 35.0, "stain": 35.0, "contamination": 35.0, "hole": 35.0, "blur": 25.0,
+                "large": 25.0, "lookalike": 25.0, "thin_crack": 3.0}
+CRACK_DEPTH = (0.05, 0.12)  # a thin crack darkens the pixels it crosses by this fraction
 _SS = 4  # supersampling of rasterised shapes (anti-aliased edges)
 _FOREIGN = ("coffee", "chelsea", "rocket", "astronaut", "colorwheel", "coins", "moon", "camera",
             "hubble_deep_field", "immunohistochemistry", "brick", "grass", "gravel")
@@ -211,6 +227,75 @@ def _blur(img: np.ndarray, c: np.ndarray, u: float, rng: np.random.Generator) ->
     return img + cover[..., None] * (blurred - img)
 
 
+def _large(img: np.ndarray, c: np.ndarray, u: float, rng: np.random.Generator) -> np.ndarray:
+    size = img.shape[0]
+    radius = rng.uniform(0.15, 0.34) * size
+    cover = _soft(_fill(_blob(c, radius, rng, 0.7), size), radius * rng.uniform(0.05, 0.25))
+    alpha = cover * rng.uniform(0.6, 0.9) * (0.7 + 0.3 * _lowfreq(rng, size, 6))
+    kind = rng.random()
+    if kind < 0.3:  # discoloured (faded paint, heat tint, water damage): tinted (BGR multipliers)
+        tints = ((0.6, 0.8, 1.0), (1.0, 0.85, 0.6), (0.7, 1.0, 0.75), (0.85, 0.7, 0.95))
+        target = img * np.array(tints[int(rng.integers(len(tints)))], np.float32)
+    elif kind < 0.55:  # a big damp or oily patch: darker
+        target = img * rng.uniform(0.45, 0.75)
+    elif kind < 0.8:  # sun-faded / dusty: lighter
+        target = img + (255 - img) * rng.uniform(0.3, 0.55)
+    else:  # worn or washed out: the texture's contrast gone, a little lighter
+        import cv2
+
+        flat = cv2.GaussianBlur(img, (0, 0), rng.uniform(4.0, 8.0) * u)
+        target = flat + (255 - flat) * rng.uniform(0.1, 0.3)
+    return img + alpha[..., None] * (target - img)
+
+
+def _lookalike(img: np.ndarray, c: np.ndarray, u: float, rng: np.random.Generator,
+               donor: np.ndarray) -> np.ndarray:
+    size = img.shape[0]
+    radius = rng.uniform(0.11, 0.30) * size
+    hard = rng.random() < 0.5
+    edge = 0.5 * u if hard else radius * rng.uniform(0.1, 0.25)
+    cover = _soft(_fill(_blob(c, radius, rng, 0.8), size), edge)
+    return img + cover[..., None] * (donor.astype(np.float32) - img)
+
+
+def _crack_path(rng: np.random.Generator, start: np.ndarray, angle: float, length: float,
+                u: float) -> np.ndarray:
+    """A jagged, roughly straight polyline (n, 2) of about ``length`` from ``start``."""
+    step = max(1.0, 3.0 * u)
+    pts, a = [np.asarray(start, np.float64)], angle
+    for _ in range(max(2, int(length / step))):
+        a += rng.normal(0.0, 0.35) + 0.15 * (angle - a)  # zig-zag, but keep the heading
+        pts.append(pts[-1] + step * np.array([np.cos(a), np.sin(a)]))
+    return np.array(pts)
+
+
+def _thin_crack(img: np.ndarray, c: np.ndarray, u: float, rng: np.random.Generator) -> np.ndarray:
+    import cv2
+
+    size = img.shape[0]
+    length = rng.uniform(0.35, 0.7) * size
+    heading = rng.uniform(0, 2 * np.pi)
+    halves = [_crack_path(rng, c, heading + k * np.pi, length / 2, u) for k in (0, 1)]
+    main = np.concatenate([halves[1][::-1], halves[0][1:]])
+    width = int(np.clip(round(rng.uniform(1.0, 3.0) * u), 1, 3))
+    # crisp lines (no anti-aliasing): the crack is exactly the pixels drawn
+    canvas = np.zeros((size, size), np.uint8)
+    n = len(main)
+    cv2.polylines(canvas, [np.round(main).astype(np.int32)], False, 1, max(1, width - 1), cv2.LINE_8)
+    cv2.polylines(canvas, [np.round(main[n // 4:3 * n // 4]).astype(np.int32)], False, 1, width, cv2.LINE_8)
+    paths = [main]
+    for _ in range(int(rng.integers(1, 5))):  # branches, some branching again
+        parent = paths[int(rng.integers(len(paths)))]
+        i = int(rng.integers(max(1, len(parent) // 6), max(2, 5 * len(parent) // 6)))
+        d = parent[min(i + 1, len(parent) - 1)] - parent[max(i - 1, 0)]
+        a = np.arctan2(d[1], d[0]) + rng.choice((-1.0, 1.0)) * np.deg2rad(rng.uniform(25, 70))
+        branch = _crack_path(rng, parent[i], a, rng.uniform(0.15, 0.4) * length, u)
+        cv2.polylines(canvas, [np.round(branch).astype(np.int32)], False, 1, max(1, width - 1), cv2.LINE_8)
+        paths.append(branch)
+    depth = rng.uniform(*CRACK_DEPTH) * (0.75 + 0.25 * _lowfreq(rng, size, 8))
+    return img * (1 - (canvas * depth)[..., None])
+
+
 def _texture_energy(img: np.ndarray, u: float) -> np.ndarray:
     """Local high-frequency energy (H, W): where a blur would visibly change the image."""
     import cv2
@@ -221,17 +306,19 @@ def _texture_energy(img: np.ndarray, u: float) -> np.ndarray:
 
 
 _DEFECTS: Dict[str, Callable[..., np.ndarray]] = {
-    "scratch": _scratch, "stain": _stain, "contamination": _contamination, "hole": _hole, "blur": _blur}
+    "scratch": _scratch, "stain": _stain, "contamination": _contamination, "hole": _hole, "blur": _blur,
+    "large": _large, "lookalike": _lookalike, "thin_crack": _thin_crack}
 
 
-def _exact_mask(base: np.ndarray, out: np.ndarray, min_pixels: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Round ``out``; mask = changed by ≥ MASK_THRESHOLD; specks smaller than ``min_pixels`` are
+def _exact_mask(base: np.ndarray, out: np.ndarray, min_pixels: int,
+                threshold: int = MASK_THRESHOLD) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Round ``out``; mask = changed by ≥ ``threshold``; specks smaller than ``min_pixels`` are
     put back to ``base`` so the mask stays exactly the set of visibly changed pixels."""
     import cv2
 
     res = np.clip(out, 0, 255).round().astype(np.uint8)
     diff = np.abs(res.astype(np.int16) - base.astype(np.int16)).max(axis=2)
-    mask = diff >= MASK_THRESHOLD
+    mask = diff >= threshold
     n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
     small = [i for i in range(1, n) if stats[i, cv2.CC_STAT_AREA] < min_pixels]
     if small:
@@ -244,49 +331,61 @@ def _exact_mask(base: np.ndarray, out: np.ndarray, min_pixels: int) -> Tuple[np.
 
 def synthesize_defect(image: np.ndarray, kind: str, rng: np.random.Generator,
                       region: Optional[Tuple[float, float, float]] = None, own_source: str = "",
-                      area: Tuple[float, float] = (MIN_DEFECT_AREA, MAX_DEFECT_AREA),
-                      min_contrast: Optional[float] = None, max_tries: int = 80) -> Tuple[np.ndarray, np.ndarray]:
+                      area: Optional[Tuple[float, float]] = None, min_contrast: Optional[float] = None,
+                      max_tries: int = 80, donor: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray]:
     """Draw one synthetic defect on a copy of ``image`` and return it with its exact mask.
 
     Args:
         image: BGR uint8 (S, S, 3) normal image.
-        kind: one of :data:`DEFECT_TYPES`.
+        kind: one of :data:`DEFECT_TYPES` or :data:`STRESS_TYPES`.
         rng: random generator (consumed).
         region: ``(cx, cy, r)`` as fractions of S: the defect centre is drawn inside this disc;
             default anywhere at least 12 % of S from the border.
         own_source: photograph the image comes from; foreign material never comes from it.
         area: accepted mask area as a fraction of the image; draws outside are redrawn.
+            Default :data:`DEFECT_AREA` of ``kind``.
         min_contrast: least mean change (grey levels, largest channel) inside the mask;
             fainter draws are redrawn. Default :data:`MIN_CONTRAST` of ``kind``. When no draw
             reaches it, the most visible draw within ``area`` is used.
         max_tries: redraws before giving up.
+        donor: for ``lookalike`` (required there, ignored otherwise): an image of the same shape
+            (another class's normal image) that the pasted region is cut from.
 
     Returns:
         ``(defective uint8 image, bool mask)``: the mask is True exactly where some channel
-        changed by at least :data:`MASK_THRESHOLD`; every other pixel changed by less.
+        changed by at least :data:`MASK_THRESHOLDS` of ``kind``; every other pixel changed by less.
 
     Raises:
-        ValueError: unknown ``kind`` or a non-square / non-BGR image.
+        ValueError: unknown ``kind``, a non-square / non-BGR image, or a missing / mis-shaped donor.
         RuntimeError: no draw fell within ``area`` after ``max_tries``.
     """
     if kind not in _DEFECTS:
-        raise ValueError(f"unknown defect type {kind!r}; choose from {', '.join(DEFECT_TYPES)}")
+        raise ValueError(f"unknown defect type {kind!r}; choose from {', '.join(DEFECT_TYPES + STRESS_TYPES)}")
     if image.ndim != 3 or image.shape[2] != 3 or image.shape[0] != image.shape[1] or image.dtype != np.uint8:
         raise ValueError(f"expected a square BGR uint8 image, got {image.shape} {image.dtype}")
+    if kind == "lookalike" and (donor is None or donor.shape != image.shape):
+        raise ValueError(f"a lookalike defect needs a donor image of shape {image.shape}, got "
+                         f"{None if donor is None else donor.shape}")
     size = image.shape[0]
     u = size / 256.0
     base = image.astype(np.float32)
     min_pixels = max(3, int(round(size * size * 0.0002)))
     energy = _texture_energy(base, u) if kind == "blur" else None
     min_contrast = MIN_CONTRAST[kind] if min_contrast is None else min_contrast
+    area = DEFECT_AREA[kind] if area is None else area
     best: Optional[Tuple[float, np.ndarray, np.ndarray]] = None
     for _ in range(max_tries):
         centers = [_draw_center(rng, size, region) for _ in range(6 if energy is not None else 1)]
         # a blur only shows on texture: take the most textured of a few candidate places
         c = max(centers, key=lambda p: energy[int(p[1]), int(p[0])]) if energy is not None else centers[0]
         fn = _DEFECTS[kind]
-        out = fn(base, c, u, rng, own_source) if kind == "contamination" else fn(base, c, u, rng)
-        res, mask, diff = _exact_mask(image, out, min_pixels)
+        if kind == "contamination":
+            out = fn(base, c, u, rng, own_source)
+        elif kind == "lookalike":
+            out = fn(base, c, u, rng, donor)
+        else:
+            out = fn(base, c, u, rng)
+        res, mask, diff = _exact_mask(image, out, min_pixels, MASK_THRESHOLDS[kind])
         if area[0] <= mask.mean() <= area[1]:
             contrast = float(diff[mask].mean())
             if contrast >= min_contrast:

@@ -1,7 +1,9 @@
 """Image files: the one list of image extensions, and the one reader of images and masks.
 
 Every path that reads an image from disk (training, calibration, evaluation, predict, export
-calibration, the stream's folder source) goes through ``read_image``.
+calibration, the stream's folder source) goes through ``read_image``, and it decodes as
+``cv2.imread(path)`` does — EXIF orientation applied — so a phone photo scores the same whether
+the SDK user read it with OpenCV or the CLI did.
 """
 from __future__ import annotations
 
@@ -12,6 +14,14 @@ import numpy as np
 
 # Every image extension the package reads (dataset folders, predict, calibration, stream folders).
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def _imread(path: str):
+    """Bit depth and gray kept, alpha dropped, and — unlike ``IMREAD_UNCHANGED`` — the EXIF
+    orientation applied, as ``cv2.imread``'s default (``IMREAD_COLOR``), the SDK user's reader."""
+    import cv2
+
+    return cv2.imread(path, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
 
 
 def is_image(name: str) -> bool:
@@ -67,8 +77,9 @@ def _truncated_jpeg(path: str) -> bool:
 def read_image(path: str) -> np.ndarray:
     """Read an image as BGR ``uint8`` (H, W, 3).
 
-    Grayscale is expanded to three channels, an alpha channel is dropped and 16-bit images are
-    scaled to 8 bits.
+    Grayscale is expanded to three channels, an alpha channel is dropped, 16-bit images are
+    scaled to 8 bits and the EXIF orientation is applied (a JPEG a camera wrote sideways with an
+    orientation tag comes out upright, exactly as ``cv2.imread(path)`` gives it).
 
     Args:
         path: image file.
@@ -83,7 +94,7 @@ def read_image(path: str) -> np.ndarray:
 
     if not os.path.isfile(path):
         raise ValueError(f"image file {path!r} does not exist")
-    img = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    img = _imread(path)
     if img is None or img.size == 0:
         raise ValueError(f"cannot read image {path!r}: corrupt or not a supported image file")
     if _truncated_jpeg(path):
@@ -116,15 +127,13 @@ def read_mask(path: Optional[str], shape_hw: Tuple[int, int]) -> np.ndarray:
     Raises:
         ValueError: the mask file is missing or unreadable, or its size differs from the image's.
     """
-    import cv2
-
     h, w = int(shape_hw[0]), int(shape_hw[1])
     if path is None:
         return np.zeros((h, w), dtype=bool)
     if not os.path.isfile(path):
         raise ValueError(f"mask file {path!r} does not exist (anomalous test images need "
                          f"<class>/ground_truth/<defect>/<stem>_mask.png)")
-    m = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    m = _imread(path)  # oriented like its image
     if m is None or m.size == 0 or _truncated_jpeg(path):
         raise ValueError(f"cannot read mask {path!r}: corrupt or not a supported image file")
     if m.ndim == 3:

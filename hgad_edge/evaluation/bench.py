@@ -199,6 +199,16 @@ def measure_peak_rss(run_dir: str, backend: str, precision: Optional[str], devic
     return float(out["peak_rss_mb"])
 
 
+def check_bench_args(frames: int, warmup: int, threads: Optional[int]) -> None:
+    """Refuse timing settings that cannot give a latency (``ValueError`` naming the flag)."""
+    if frames < 1:
+        raise ValueError(f"--frames must be >= 1 (timed frames per row), got {frames}")
+    if warmup < 0:
+        raise ValueError(f"--warmup must be >= 0, got {warmup}")
+    if threads is not None and threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {threads}")
+
+
 def run_bench(run_dir: str, data_root: str, device: str = "auto", threads: Optional[int] = 2, frames: int = 100,
               warmup: int = 10, map_images: int = 8, progress: bool = False, rss: bool = False) -> List[BenchRow]:
     """Benchmark every backend × precision of ``run_dir`` on the test split of ``data_root``
@@ -207,6 +217,7 @@ def run_bench(run_dir: str, data_root: str, device: str = "auto", threads: Optio
     from hgad_edge.detector import Detector
     from hgad_edge.evaluation.evaluator import evaluate
 
+    check_bench_args(frames, warmup, threads)
     device = resolve_device(device)
     art = Artifact.read(run_dir)
     samples = data.test_samples(data_root, art.class_names)

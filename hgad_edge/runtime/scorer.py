@@ -32,10 +32,10 @@ class Scorer:
     def score(self, levels, index: int, class_index: Optional[int]) -> FrameRaw:
         """GMM scoring of frame ``index`` of a forward batch; ``class_index=None`` routes."""
         if class_index is None:
-            inter = [g.inter(z[index]) for g, (z, _) in zip(self.gmms, levels)]
-            posterior = np.mean([pm for _, pm in inter], axis=0)  # (C,)
-            c = route([pm for _, pm in inter])
-            entropy = [e for e, _ in inter]
+            inter = [g.inter_votes(z[index]) for g, (z, _) in zip(self.gmms, levels)]
+            posterior = np.mean([pm for _, pm, _ in inter], axis=0)  # (C,)
+            c = route([v for _, _, v in inter], [pm for _, pm, _ in inter])
+            entropy = [e for e, _, _ in inter]
             logp = [g.intra(z[index], ld[index], c) for g, (z, ld) in zip(self.gmms, levels)]
         else:
             c = int(class_index)
@@ -45,7 +45,8 @@ class Scorer:
             logp = [o.logp for o in outs]
         shp = self.feature_shapes
         return FrameRaw(c, float(posterior[c]), posterior,
-                        [m.reshape(s) for m, s in zip(logp, shp)], [m.reshape(s) for m, s in zip(entropy, shp)])
+                        [m.reshape(s) for m, s in zip(logp, shp)], [m.reshape(s) for m, s in zip(entropy, shp)],
+                        routed=class_index is None)
 
     def device_scoring(self) -> bool:
         """The backend scores on its device (network and GMM on the GPU, only maps come back):

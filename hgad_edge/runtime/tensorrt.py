@@ -10,8 +10,8 @@ Two ways to score (``Scorer.raw`` picks):
 
 * device (``score_on_device``, when ``hgad_edge._C`` has CUDA and the mixtures are native): the
   engine's z/logdet output buffers go straight to the CUDA GMM kernel — per frame and level
-  ``GaussianMixture.inter_cuda`` (entropy, posterior image mean into row l of an (L, C)
-  buffer), ``route_cuda`` over the L rows, ``intra_cuda`` of the routed class — and only the
+  ``GaussianMixture.inter_cuda`` (entropy, posterior image mean and vote shares into row l of
+  two (L, C) buffers), ``route_cuda`` over the L rows, ``intra_cuda`` of the routed class — and only the
   per-level logp/entropy maps, the means and the class come back to the host.
 * host (``run``): z/logdet are copied back and the numpy/CPU GMM scores them (evaluation, and
   wherever the device path is not available).
@@ -194,6 +194,7 @@ class TensorRTBackend:
             self._dev["gmm." + key] = cuda.mem_alloc(self._gmm_host[key].nbytes)
         self._gmm_host["class"] = cuda.pagelocked_empty((B,), np.int32)
         self._dev["gmm.class"] = cuda.mem_alloc(self._gmm_host["class"].nbytes)
+        self._dev["gmm.votes"] = cuda.mem_alloc(self._gmm_host["means"].nbytes)  # (B, L, C), stays on the device
         self._device_ok, self._device_why = True, ""
 
     # ---------------------------------------------------------------- state
@@ -301,7 +302,7 @@ class TensorRTBackend:
             ld0 = [int(dev[f"logdet_{l}"]) for l in range(L)]
             lp0 = [int(dev[f"gmm.logp_{l}"]) for l in range(L)]
             en0 = [int(dev[f"gmm.entropy_{l}"]) for l in range(L)]
-            means0, cls0 = int(dev["gmm.means"]), int(dev["gmm.class"])
+            means0, votes0, cls0 = int(dev["gmm.means"]), int(dev["gmm.votes"]), int(dev["gmm.class"])
             out, t_net, t_gmm = [], 0.0, 0.0
             for start in range(0, len(batch), self.max_batch):
                 chunk = batch[start:start + self.max_batch]
@@ -311,13 +312,13 @@ class TensorRTBackend:
                 self.stream.synchronize()  # honest stage timings: one sync per chunk
                 t1 = time.perf_counter()
                 for i in range(b):
-                    row = means0 + i * L * C * 4
+                    row, vrow = means0 + i * L * C * 4, votes0 + i * L * C * 4
                     cls = cls0 + i * 4
                     for l, g in enumerate(gmms):
                         n = self._n[l]
-                        g.inter_cuda(z0[l] + i * zsize[l], n, en0[l] + i * n * 4, row + l * C * 4, stream=handle,
-                                     z_half=half[l])
-                    gmm_mod.route_cuda(row, L, C, classes[start + i], cls, stream=handle)
+                        g.inter_cuda(z0[l] + i * zsize[l], n, en0[l] + i * n * 4, row + l * C * 4, vrow + l * C * 4,
+                                     stream=handle, z_half=half[l])
+                    gmm_mod.route_cuda(vrow, row, L, C, classes[start + i], cls, stream=handle)
                     for l, g in enumerate(gmms):
                         n = self._n[l]
                         g.intra_cuda(z0[l] + i * zsize[l], ld0[l] + i * n * 4, n, cls, lp0[l] + i * n * 4,
@@ -333,7 +334,8 @@ class TensorRTBackend:
                     out.append(FrameRaw(
                         c, float(posterior[c]), posterior,
                         [host[f"logp_{l}"][i].reshape(feature_shapes[l]).copy() for l in range(L)],
-                        [host[f"entropy_{l}"][i].reshape(feature_shapes[l]).copy() for l in range(L)]))
+                        [host[f"entropy_{l}"][i].reshape(feature_shapes[l]).copy() for l in range(L)],
+                        routed=classes[start + i] < 0))
                 t_net += (t1 - t0) * 1e3
                 t_gmm += (time.perf_counter() - t1) * 1e3
         return out, {"backbone": t_net, "flow": 0.0, "gmm": t_gmm}

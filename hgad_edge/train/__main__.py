@@ -32,6 +32,8 @@ def _split_backend(argv: Sequence[str]) -> Tuple[Optional[str], List[str]]:
             backend = a.split("=", 1)[1]
         else:
             rest.append(a)
+    if backend is not None and backend not in distributed.BACKENDS:  # also without torchrun: a typo is a typo
+        raise ValueError(f"unknown --dist-backend {backend!r}; choose one of {', '.join(distributed.BACKENDS)}")
     return backend, rest
 
 

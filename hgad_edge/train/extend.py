@@ -242,6 +242,29 @@ def _raws(model: HGAD, images, labels, batch_size: int, progress: bool, desc: st
     return loop.score_raws(model, images, labels, batch_size, progress, desc)
 
 
+def finished_child(out_dir: str, parent: Artifact, new: Sequence[str], train_cfg: TrainConfig,
+                   resume: bool) -> Artifact:
+    """``out_dir`` already holds a model: with ``resume``, when it is this very addition (same
+    parent checksums, classes and epochs) it is the result, kept as it is (exports included); a
+    re-run of a finished command is a no-op, like ``train --resume`` (``loop.finished_model``).
+    Anything else is refused, never trained over."""
+    if not resume:
+        raise ValueError(f"{out_dir} already holds a trained model; choose a new --out (--resume only finishes an "
+                         "interrupted addition, or confirms a finished one with the same settings)")
+    art = Artifact.read(out_dir)
+    step = art.lineage[-1] if art.lineage else {}
+    digest = parent_digest(parent)
+    same = (bool(step) and all(step.get("parent", {}).get(k) == v for k, v in digest.items())
+            and step.get("added_classes") == list(new) and step.get("epochs") == int(train_cfg.epochs)
+            and art.class_names == tuple(parent.class_names) + tuple(new))
+    if not same:
+        raise ValueError(f"{out_dir} already holds another model (not {parent.run_dir} + {', '.join(new)} in "
+                         f"{train_cfg.epochs} epochs); --resume continues an interrupted addition only: choose a new "
+                         "--out")
+    log.info("%s already holds this finished addition: nothing to do, kept as it is", out_dir)
+    return art
+
+
 # ----------------------------------------------------------------------------- the driver
 def add_classes(parent_dir: str, data_root: str, new_classes, out_dir: str, train_cfg: TrainConfig,
                 resume: bool = False, progress: bool = True, replay: str = "auto",
@@ -274,8 +297,8 @@ def add_classes(parent_dir: str, data_root: str, new_classes, out_dir: str, trai
     old_fit = old_fit_samples(parent, data_root)
     plan = plan_replay(replay, buffer is not None, old_fit, parent, data_root)
     old_calib = old_calibration_samples(parent, data_root)
-    if not resume and os.path.exists(os.path.join(out_dir, artifact.META)):
-        raise ValueError(f"{out_dir} already holds a trained model; choose a new --out or pass --resume")
+    if os.path.exists(os.path.join(out_dir, artifact.META)):
+        return finished_child(out_dir, parent, new, train_cfg, resume)
     info = distributed.current()
     dist_info = info if info.enabled else None
     progress = progress and info.is_main

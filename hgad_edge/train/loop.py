@@ -6,13 +6,15 @@ every epoch's shuffle is seeded by (seed, epoch), ends exactly where an uninterr
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import glob
 import json
 import logging
 import math
 import os
 import random
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -40,6 +42,75 @@ LOSS_NAMES = ("g", "mi", "e", "g_intra", "z")
 # +0.015 to +0.05 image AUROC on unpooled models and +0.08 on the default (0.960 vs 0.882); all stay
 # selectable (Detector(combine=...)), each with its own calibrated thresholds.
 DEFAULT_COMBINE = "position"
+
+
+class NonFiniteLoss(FloatingPointError):
+    """The training loss became NaN or infinite: training stops, the last good checkpoint stays."""
+
+
+def check_run_dir(out_dir: str) -> None:
+    """Refuse (``ValueError``) a RUN_DIR that cannot be one: empty, a file, below a file, or in a
+    folder that cannot be written. Creates nothing."""
+    if not out_dir or not str(out_dir).strip():
+        raise ValueError("--out needs a folder path for the model (RUN_DIR)")
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ValueError(f"--out {out_dir} is a file, not a folder: choose a folder for the model")
+    up = os.path.abspath(out_dir)
+    while not os.path.exists(up):  # the first part of the path that exists
+        up = os.path.dirname(up)
+    if not os.path.isdir(up):
+        raise ValueError(f"--out {out_dir} is below the file {up}: choose a folder for the model")
+    if not os.access(up, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {out_dir}: no permission to write in {up}")
+
+
+@contextlib.contextmanager
+def run_dir_lock(out_dir: str, take: bool = True) -> Iterator[None]:
+    """Create RUN_DIR if needed and hold it for one training (``flock`` on the folder itself:
+    nothing is left in it, and the kernel drops the lock when the process dies). A second
+    training into the same RUN_DIR, from this process or any other, fails at once instead of
+    silently replacing the first one's model. When the training fails before writing anything,
+    a RUN_DIR this call created is removed again. ``take=False`` (the other ranks of a torchrun
+    job): no lock, rank 0 holds it."""
+    check_run_dir(out_dir)
+    created = not os.path.exists(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    if not take:
+        yield
+        return
+    fd = os.open(out_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(f"{out_dir} is in use by another training right now (another `hgad-edge train "
+                             f"--out {out_dir}`); wait for it to finish or choose another --out") from None
+        yield
+    except BaseException:
+        if created:
+            with contextlib.suppress(OSError):  # only an empty folder: what was written stays
+                os.rmdir(out_dir)
+        raise
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def finished_model(out_dir: str, model_cfg: ModelConfig, train_cfg: TrainConfig, resume: bool) -> Artifact:
+    """RUN_DIR already holds a model: with ``resume`` and the same settings that model is the
+    result (returned as it is, exports included — a re-run of a finished command is a no-op);
+    anything else is refused, never retrained over it."""
+    if not resume:
+        raise ValueError(f"{out_dir} already holds a trained model; choose a new --out (--resume only finishes an "
+                         "interrupted training, or confirms a finished one with the same settings)")
+    art = Artifact.read(out_dir)
+    same = (art.model_config.to_dict() == model_cfg.to_dict() and art.train_config == _train_dict(train_cfg)
+            and len(art.history) == train_cfg.epochs)
+    if not same:
+        raise ValueError(f"{out_dir} already holds a model trained with other settings ({len(art.history)} epochs); "
+                         "--resume continues an interrupted training only: train into a new --out")
+    log.info("%s already holds this finished model (%d epochs): nothing to do, kept as it is", out_dir,
+             len(art.history))
+    return art
 
 
 def seed_everything(seed: int) -> None:
@@ -104,8 +175,8 @@ def _save_checkpoint(path: str, model: HGAD, opt: torch.optim.Optimizer, epoch: 
     for idx, st in osd["state"].items():
         for k, v in st.items():
             tensors[f"opt.{idx}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
-    meta = {"epoch": str(epoch), "history": json.dumps(history), "model_config": json.dumps(model_cfg.to_dict()),
-            "train_config": json.dumps(_train_dict(train_cfg)), **(extra or {})}
+    meta = {"epoch": str(epoch), "history": fileio.dumps(history), "model_config": fileio.dumps(model_cfg.to_dict()),
+            "train_config": fileio.dumps(_train_dict(train_cfg)), **(extra or {})}
     fileio.save_tensors(path, tensors, metadata=meta)
 
 
@@ -251,7 +322,8 @@ def write_artifact(out_dir: str, model: HGAD, model_cfg: ModelConfig, train_cfg:
     for l in range(model.n_levels):
         for k, v in model.gmm_arrays(l).items():
             weights[f"gmm.{l}.{k}"] = torch.from_numpy(v.copy())
-    fileio.save_tensors(os.path.join(out_dir, artifact.WEIGHTS), weights)
+    fileio.save_tensors(os.path.join(out_dir, artifact.WEIGHTS), weights,
+                        metadata=artifact.weights_metadata(model_cfg.class_names))
     files = {artifact.BACKBONE: "", artifact.WEIGHTS: ""}
     if replay_buffer is not None and replay_buffer[1].numel():
         files[replay.save_buffer(out_dir, replay_buffer[0], replay_buffer[1], model_cfg.class_names,
@@ -277,27 +349,39 @@ def train(data_root: str, out_dir: str, model_cfg: ModelConfig, train_cfg: Train
     shard only, gradients and feature statistics are all-reduced, and rank 0 alone shows progress,
     writes checkpoints, calibrates and writes the artifact; every rank returns the artifact.
     """
+    check_run_dir(out_dir)
+    if isinstance(replay_per_class, bool) or not isinstance(replay_per_class, int) or replay_per_class < 0:
+        raise ValueError(f"replay_per_class (--replay-buffer) must be an integer >= 0, got {replay_per_class!r}")
     samples = data.train_samples(data_root, model_cfg.class_names)
     fit_s, calib_s = data.split_calibration(samples, train_cfg.calib_fraction, train_cfg.seed)
     # Everything that could fail after training (a class without a held-out image, an unreadable
-    # calibration image) is checked now, before the first epoch is spent.
+    # calibration image, a backbone or weights file that does not load) is checked before the
+    # first epoch is spent; what needs no image (the network) before RUN_DIR is created.
     lacking = [c for c in model_cfg.class_names if not any(s.class_name == c for s in calib_s)]
     if lacking:
         raise ValueError(f"class(es) {lacking} have no held-out calibration image: each class needs at least "
                          "2 train/good images (or raise --calib-fraction)")
-    calib_images = load_images(calib_s, progress, "load calibration")
     info = distributed.current()
-    dist_info = info if info.enabled else None
-    if dist_info is not None:
-        if len(fit_s) < info.world:
-            raise ValueError(f"{len(fit_s)} training images cannot be shared by {info.world} processes")
-        progress = progress and info.is_main
-    os.makedirs(out_dir, exist_ok=True)
-    ckpt = os.path.join(out_dir, CHECKPOINT)
-    if not resume and os.path.exists(os.path.join(out_dir, artifact.META)):
-        raise ValueError(f"{out_dir} already holds a trained model; choose a new --out or pass --resume")
+    if info.enabled and len(fit_s) < info.world:
+        raise ValueError(f"{len(fit_s)} training images cannot be shared by {info.world} processes")
     seed_everything(train_cfg.seed)
     model = HGAD(model_cfg, backbone_weights=backbone_weights)
+    with run_dir_lock(out_dir, info.is_main):
+        return _train_locked(data_root, out_dir, model, model_cfg, train_cfg, resume, progress, replay_per_class,
+                             fit_s, calib_s, info)
+
+
+def _train_locked(data_root: str, out_dir: str, model: HGAD, model_cfg: ModelConfig, train_cfg: TrainConfig,
+                  resume: bool, progress: bool, replay_per_class: int, fit_s: List[data.Sample],
+                  calib_s: List[data.Sample], info: distributed.DistInfo) -> Artifact:
+    """The training of :func:`train` once RUN_DIR is held and the network is built."""
+    ckpt = os.path.join(out_dir, CHECKPOINT)
+    if os.path.exists(os.path.join(out_dir, artifact.META)):
+        return finished_model(out_dir, model_cfg, train_cfg, resume)
+    dist_info = info if info.enabled else None
+    if dist_info is not None:
+        progress = progress and info.is_main
+    calib_images = load_images(calib_s, progress, "load calibration")
     opt = make_optimizer(model, train_cfg)
     steps = math.ceil(len(fit_s) / train_cfg.batch_size)
     start, history = 0, []
@@ -327,6 +411,12 @@ def train(data_root: str, out_dir: str, model_cfg: ModelConfig, train_cfg: Train
             g = torch.Generator().manual_seed(train_cfg.seed * 7919 + epoch + 1000003 * info.rank)
             feats = cache_features(model, images, train_cfg.batch_size, False, augment=g)
         stats = train_epoch(model, feats, labels, opt, sched, train_cfg, epoch, progress, dist_info, len(fit_s))
+        if not all(math.isfinite(v) for v in stats.values()):  # all-reduced: every rank stops alike
+            bad = ", ".join(f"{k}={v}" for k, v in stats.items() if not math.isfinite(v))
+            kept = f"the checkpoint of epoch {epoch} is kept" if epoch else "no checkpoint was written"
+            raise NonFiniteLoss(f"training stopped: the loss became non-finite in epoch {epoch + 1} ({bad}); {kept} "
+                                f"in {out_dir}, no model written. Lower --lr (now {train_cfg.lr:g}) or --lambda-mi "
+                                f"(now {train_cfg.lambda2:g}) and train again")
         history.append({"epoch": epoch + 1, **{k: round(v, 6) for k, v in stats.items()}})
         bar.set_postfix(loss=f"{stats['loss']:.3f}", mi=f"{stats['mi']:.3f}", gi=f"{stats['g_intra']:.3f}")
         if info.is_main:

@@ -217,6 +217,7 @@ def test_without_the_old_images_the_buffer_is_replayed(root, parent, tmp_path):
     meta = json.load(open(os.path.join(bare, artifact.META)))
     del meta["files"][replay.REPLAY]
     os.remove(os.path.join(bare, replay.REPLAY))
+    meta[artifact.CONTENT_KEY] = artifact.content_checksum(meta)
     fileio.write_json(os.path.join(bare, artifact.META), meta)
     with pytest.raises(ValueError, match=r"no replay for the model's class\(es\) \['brick', 'grass'\].*--replay none"):
         add_classes(bare, only_new, NEW, str(tmp_path / "run2"), _tcfg(1), progress=False)
@@ -239,6 +240,7 @@ def test_resume_continues_exactly(root, parent, child, tmp_path):
     shutil.copytree(parent, other)
     meta = json.load(open(os.path.join(other, artifact.META)))
     meta["target_fpr"] = 0.05  # another model.json: another parent checksum
+    meta[artifact.CONTENT_KEY] = artifact.content_checksum(meta)
     fileio.write_json(os.path.join(other, artifact.META), meta)
     with pytest.raises(ValueError, match="another parent model"):
         add_classes(other, root, NEW, out, _tcfg(2), resume=True, progress=False)

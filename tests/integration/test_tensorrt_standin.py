@@ -294,7 +294,8 @@ def test_standin_catches_misuse(engine_run, standin_gpu, frames):  # noqa: F811
                 be._set_shape((9, 3, 128, 128))
             g, n = det.scorer.gmms[0], be._n[0]
             end = int(be._dev["z_0"]) + be.max_batch * n * be._d[0] * 4  # one frame past the buffer
-            g.inter_cuda(end, n, int(be._dev["gmm.entropy_0"]), int(be._dev["gmm.means"]), stream=be.stream.handle)
+            g.inter_cuda(end, n, int(be._dev["gmm.entropy_0"]), int(be._dev["gmm.means"]), int(be._dev["gmm.votes"]),
+                         stream=be.stream.handle)
             with pytest.raises(cuda.LaunchError, match="illegal memory access"):
                 be.stream.synchronize()
             extra = cuda.mem_alloc(16)

@@ -122,6 +122,7 @@ def test_every_map_is_calibrated_and_older_artifacts_say_which(trained_run, demo
     meta["combine"] = "loglik"
     for cal in meta["calibration"].values():
         del cal["scores"]["position"], cal["normalizer"]["ll_pos_mean"], cal["normalizer"]["ll_pos_sd"]
+    meta[artifact.CONTENT_KEY] = artifact.content_checksum(meta)
     json.dump(meta, open(os.path.join(old, artifact.META), "w"))
     assert Detector(old, backend="torch")(frame).anomaly_map.shape == frame.shape[:2]
     with pytest.raises(ValueError, match="calibrated for the maps .*'loglik'.*not 'position'"):
@@ -175,9 +176,9 @@ def test_cli_eval_and_predict(trained_run, demo_root, tmp_path, capsys):
     samples, _ = _test_frames(demo_root, 2)
     out = str(tmp_path / "overlays")
     assert cli_main(["predict", trained_run, *[s.path for s in samples], "--out", out, "--backend", "torch"]) == 0
-    pngs = [f for f in os.listdir(out) if f.endswith(".png")]
-    assert len(pngs) == 2
-    img = cv2.imread(os.path.join(out, pngs[0]))
+    pngs = [os.path.join(d, f) for d, _, fs in os.walk(out) for f in fs if f.endswith(".png")]
+    assert len(pngs) == 2  # overlays keep the inputs' relative paths as subfolders
+    img = cv2.imread(pngs[0])
     assert img is not None and img.shape[:2] == (128, 128)
     assert len(json.load(open(os.path.join(out, "predictions.json")))) == 2
 

@@ -5,7 +5,7 @@ Only the lowest layer is replaced: ``hgad_edge.gmm._C`` becomes a proxy of the r
 whose ``has_cuda()`` is True and whose ``route_cuda`` is queued here, and
 ``GaussianMixture._device_native`` returns kernels that resolve the device pointers through the
 stand-in registry and compute with the CPU kernel of the same mixture (``inter`` / ``intra``)
-and :func:`hgad_edge.gmm.route`. The public wrappers (argument checks, pointer and stream
+and :func:`hgad_edge.gmm.route` (votes and means, the same rule as the kernels). The public wrappers (argument checks, pointer and stream
 conversion) run unchanged. Like the CUDA kernels the work is queued on the stream and runs at
 the next synchronisation; an out-of-range class in device memory gives NaN logp.
 """
@@ -23,16 +23,17 @@ class DeviceKernels:
     def __init__(self, mixture: G.GaussianMixture):
         self.gm = mixture
 
-    def inter_cuda(self, z: int, half: bool, n: int, entropy: int, mean: int, stream: int) -> None:
+    def inter_cuda(self, z: int, half: bool, n: int, entropy: int, mean: int, votes: int, stream: int) -> None:
         gm = self.gm
         driver.check_stream(stream, "inter_cuda")
 
         def run() -> None:
             zz = driver.read(z, (n, gm.dim), np.float16 if half else np.float32, "inter_cuda z").astype(np.float32)
-            ent, pm = gm.inter(zz)
+            ent, pm, vs = gm.inter_votes(zz)
             if n:
                 driver.write(entropy, np.asarray(ent, np.float32), "inter_cuda entropy")
             driver.write(mean, np.asarray(pm, np.float32), "inter_cuda posterior_mean")
+            driver.write(votes, np.asarray(vs, np.float32), "inter_cuda votes")
 
         driver.enqueue(stream, "inter_cuda", run)
 
@@ -52,14 +53,16 @@ class DeviceKernels:
         driver.enqueue(stream, "intra_cuda", run)
 
 
-def _route_cuda(means: int, n_levels: int, n_classes: int, class_index: int, cls: int, stream: int) -> None:
+def _route_cuda(votes: int, means: int, n_levels: int, n_classes: int, class_index: int, cls: int,
+                stream: int) -> None:
     driver.check_stream(stream, "route_cuda")
 
     def run() -> None:
         if class_index >= 0:
             c = class_index
         else:
-            c = G.route(driver.read(means, (n_levels, n_classes), np.float32, "route_cuda means"))
+            c = G.route(driver.read(votes, (n_levels, n_classes), np.float32, "route_cuda votes"),
+                        driver.read(means, (n_levels, n_classes), np.float32, "route_cuda means"))
         driver.write(cls, np.array([c], np.int32), "route_cuda class")
 
     driver.enqueue(stream, "route_cuda", run)

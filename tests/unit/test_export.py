@@ -10,7 +10,7 @@ from hgad_edge.config import ModelConfig
 from hgad_edge.runtime import trt_compat
 from hgad_edge.export.fold import FoldedFlow, FoldedFlows
 from hgad_edge.runtime.ort import select_providers
-from hgad_edge.gmm import GaussianMixture, reference_inter, reference_intra
+from hgad_edge.gmm import GaussianMixture, reference_inter, reference_intra, reference_posterior, route, votes_of
 from hgad_edge.model.hgad import HGAD
 
 
@@ -159,7 +159,8 @@ def test_full_graph_matches_python_gmm(model, images, onnx_dir):
         inter = [reference_inter(z[i], a["mu"], a["log_pi_inter"]) for (z, _), a in zip(levels, arrays)]
         posterior = np.mean([m for _, m in inter], axis=0)  # (C,)
         np.testing.assert_allclose(out["posterior"][i], posterior, atol=1e-5)
-        c = int(np.argmax(posterior)) if given[i] < 0 else int(given[i])
+        votes = [votes_of(reference_posterior(z[i], a["mu"], a["log_pi_inter"])) for (z, _), a in zip(levels, arrays)]
+        c = route(votes, [m for _, m in inter]) if given[i] < 0 else int(given[i])
         assert out["routed_class"][i] == c
         for l, ((z, ld), a, (ent, _)) in enumerate(zip(levels, arrays, inter)):
             logp = reference_intra(z[i], ld[i], a["mu_intra"], a["log_pi_intra"], c)
