@@ -256,7 +256,7 @@ def finished_child(out_dir: str, parent: Artifact, new: Sequence[str], train_cfg
     digest = parent_digest(parent)
     same = (bool(step) and all(step.get("parent", {}).get(k) == v for k, v in digest.items())
             and step.get("added_classes") == list(new) and step.get("epochs") == int(train_cfg.epochs)
-            and art.class_names == tuple(parent.class_names) + tuple(new))
+            and list(art.class_names) == list(parent.class_names) + list(new))
     if not same:
         raise ValueError(f"{out_dir} already holds another model (not {parent.run_dir} + {', '.join(new)} in "
                          f"{train_cfg.epochs} epochs); --resume continues an interrupted addition only: choose a new "

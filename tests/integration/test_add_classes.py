@@ -287,3 +287,17 @@ def test_two_torchrun_ranks_add_the_class_as_one_process(root, parent, child, tm
     raw1, raw2 = np.array([r.raw_score for r in r1]), np.array([r.raw_score for r in r2])
     assert [r.class_name for r in r1] == [r.class_name for r in r2]
     assert float(np.abs(raw1 - raw2).max()) <= 1e-2 * float(np.ptp(raw1))
+
+
+def test_resume_of_a_finished_addition_keeps_it_as_it_is(root, parent, child, tmp_path):
+    out = str(tmp_path / "done")
+    shutil.copytree(child, out)
+    before = {n: open(os.path.join(out, n), "rb").read() for n in os.listdir(out)}
+    art = add_classes(parent, root, NEW, out, _tcfg(2), resume=True, progress=False)
+    assert art.class_names == list(OLD + NEW)
+    assert {n: open(os.path.join(out, n), "rb").read() for n in os.listdir(out)} == before  # exports would stay
+    with pytest.raises(ValueError, match="already holds another model"):
+        add_classes(parent, root, NEW, out, _tcfg(3), resume=True, progress=False)
+    with pytest.raises(ValueError, match="already holds a trained model"):
+        add_classes(parent, root, NEW, out, _tcfg(2), progress=False)
+    assert {n: open(os.path.join(out, n), "rb").read() for n in os.listdir(out)} == before
