@@ -40,14 +40,11 @@ def load_average() -> tuple:
 
 # ----------------------------------------------------------------------------- machine
 def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    """``hgad_edge.evaluation.bench.cpu_name`` (one reader of /proc/cpuinfo), imported only when
+    called: importing it here would load numpy before :func:`pin_threads`."""
+    from hgad_edge.evaluation.bench import cpu_name
+
+    return cpu_name()
 
 
 def cpu_flags() -> List[str]:

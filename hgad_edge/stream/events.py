@@ -7,6 +7,7 @@ fails is counted as failed. The payload is the record as the JSONL log has it (w
 """
 from __future__ import annotations
 
+import abc
 import logging
 import os
 import threading
@@ -27,7 +28,7 @@ class PermanentError(RuntimeError):
     """A delivery failure that retrying cannot fix (e.g. HTTP 400/404)."""
 
 
-class EventSink:
+class EventSink(abc.ABC):
     """A bounded queue of events and a worker thread that delivers them (``_deliver``).
 
     Args:
@@ -108,8 +109,9 @@ class EventSink:
                     self.failed += 1
                     return
 
+    @abc.abstractmethod
     def _deliver(self, rec: Dict[str, Any]) -> None:
-        raise NotImplementedError
+        """Send one record; raise ``PermanentError`` for a refusal not worth retrying."""
 
     def close(self, timeout: float = 5.0) -> Dict[str, int]:
         """Deliver what is queued for up to ``timeout`` seconds, then give up (counted as
