@@ -12,19 +12,13 @@ import os
 import sys
 from typing import Optional, Sequence, Tuple
 
+from hgad_edge.parsing import OneLineParser
 from hgad_edge import fileio
 from hgad_edge.cli.outputs import check_output_dir, check_output_file, model_files
 from hgad_edge.config import ModelConfig, TrainConfig
 from hgad_edge.runtime.registry import add_arguments as add_runtime_arguments
 
 log = logging.getLogger("hgad_edge")
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, with a usage error as one line (the usage block is what ``--help`` is for)."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _class_list(text: str) -> Tuple[str, ...]:
@@ -255,7 +249,7 @@ def _cmd_predict(a: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = OneLineParser(
         prog="hgad-edge",
         description="Unified visual anomaly detection (HGAD) for the edge: one model, many product classes.",
         epilog="Quick start: hgad-edge make-demo-data demo_data && hgad-edge train --data demo_data --out runs/demo "

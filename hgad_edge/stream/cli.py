@@ -15,6 +15,7 @@ import threading
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
+from hgad_edge.parsing import OneLineParser
 from hgad_edge.runtime.registry import add_arguments as add_runtime_arguments
 from hgad_edge.stream.alarm import parse_alarm
 from hgad_edge.stream.capture import MAX_CAMERA_INDEX, SourceError, check_camera_index
@@ -61,13 +62,6 @@ def _serve_arg(text: str) -> Tuple[str, int]:
         return parse_serve(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from e
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, with a usage error as one line (the usage block is what ``--help`` is for)."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 # The command line's own numbers (the others are the configuration's, checked there):
@@ -279,7 +273,7 @@ def register(sub) -> None:
 
 
 def main(argv=None) -> int:
-    p = _Parser(prog="python -m hgad_edge.stream", description=DESCRIPTION,
+    p = OneLineParser(prog="python -m hgad_edge.stream", description=DESCRIPTION,
                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     add_arguments(p)

@@ -16,7 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 # top-level unit (the same subpackage or module). train and export sit beside the Detector,
 # above the runtime they both use; evaluation and stream use the Detector; the CLI uses all.
 LAYERS: List[Tuple[str, ...]] = [
-    ("version", "config", "fileio", "_C"),
+    ("version", "config", "fileio", "parsing", "_C"),
     ("result", "preprocess", "gmm", "model", "data"),
     ("postprocess", "overlay"),
     ("calibrate",),
